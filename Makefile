@@ -1,0 +1,36 @@
+# commitq: the two commands that matter are `make demo` and `make test`.
+.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench
+
+## Install PostgreSQL 15, clang and cargo-pgrx when missing (Debian 12).
+setup:
+	dev/setup.sh
+
+## Start the project-local cluster and show a job going from enqueue to claim.
+demo: setup
+	demo/run.sh
+
+## Run every test layer: lint, #[pg_test], integration, isolation.
+test: setup
+	dev/test.sh
+
+## Build the extension and install it into the system's PostgreSQL 15
+## (for a DBA; then CREATE EXTENSION pg_commitq in a database).
+install: setup
+	dev/install-extension.sh
+
+cluster-start: setup
+	dev/install-extension.sh
+	dev/cluster.sh start
+
+cluster-stop:
+	dev/cluster.sh stop
+
+cluster-status:
+	dev/cluster.sh status
+
+psql:
+	dev/cluster.sh psql -d commitq_demo
+
+## Measure commitq against raw SQL baselines on the project-local cluster.
+bench: cluster-start
+	cargo run --release -p commitq-tests --bin bench

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The project-local PostgreSQL cluster that tests, the demo and the benchmark
+# use: its data lives under target/pg, it listens on its own port on loopback
+# and on a unix socket next to the data, and it runs as user postgres when
+# this script runs as root (Postgres refuses to run as root).
+#
+#   dev/cluster.sh start | stop | status | env | psql [args] | createdb NAME
+#
+# COMMITQ_PGPORT picks the port (default 54329).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bindir=$(/usr/lib/postgresql/15/bin/pg_config --bindir 2>/dev/null || pg_config --bindir)
+port=${COMMITQ_PGPORT:-54329}
+
+run_as_owner() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Where the cluster lives: target/pg, unless the server's user cannot reach
+# the checkout or the socket path would exceed the kernel's 107-byte limit;
+# then a folder in /tmp named after the checkout, linked from target/pg.
+base_dir() {
+    local want=$root/target/pg
+    if [ -L "$want" ]; then readlink "$want"; return; fi
+    mkdir -p "$root/target"
+    local sock_path="$want/sock/.s.PGSQL.$port"
+    if [ ${#sock_path} -le 100 ] && run_as_owner test -x "$root/target"; then
+        echo "$want"
+    else
+        local alt
+        alt=/tmp/commitq-pg-$(printf '%s' "$root" | md5sum | cut -c1-10)
+        ln -sfn "$alt" "$want"
+        echo "$alt"
+    fi
+}
+
+base=$(base_dir)
+data=$base/data
+sock=$base/sock
+log=$base/postgres.log
+
+say() { printf '\033[1m[cluster]\033[0m %s\n' "$*" >&2; }
+
+is_running() {
+    [ -f "$data/PG_VERSION" ] && run_as_owner "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1
+}
+
+port_taken() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
+init() {
+    mkdir -p "$base" "$sock"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$base" "$sock"
+    run_as_owner "$bindir/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
+    # Fixed settings, so tests and benchmarks see the same server everywhere.
+    run_as_owner tee -a "$data/postgresql.conf" >/dev/null <<EOF
+
+# commitq project-local cluster
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$sock'
+max_connections = 300
+shared_buffers = 1GB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+log_min_messages = warning
+log_min_error_statement = panic
+EOF
+}
+
+start() {
+    if is_running; then
+        say "already running on port $port ($data)"
+        return
+    fi
+    if port_taken; then
+        say "port $port is in use by another program: stop it or pick another port with COMMITQ_PGPORT=NNNNN"
+        exit 1
+    fi
+    [ -f "$data/PG_VERSION" ] || init
+    # A server killed without a clean stop leaves its pid file; pg_ctl copes.
+    run_as_owner "$bindir/pg_ctl" -D "$data" -l "$log" -o "-p $port" -w -t 60 start >/dev/null
+    say "started on port $port, socket $sock"
+}
+
+stop() {
+    if is_running; then
+        run_as_owner "$bindir/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+        say "stopped"
+    else
+        say "not running"
+    fi
+}
+
+case "${1:-status}" in
+    start) start ;;
+    stop) stop ;;
+    status)
+        if is_running; then echo "running on port $port, data $data"; else echo "stopped"; exit 3; fi ;;
+    env)
+        # For eval: the libpq variables and a URL the Rust tests read.
+        echo "export PGHOST='$sock' PGPORT='$port' PGUSER=postgres"
+        echo "export COMMITQ_DATABASE_URL='host=$sock port=$port user=postgres dbname=postgres'" ;;
+    psql) shift; exec "$bindir/psql" -h "$sock" -p "$port" -U postgres -v ON_ERROR_STOP=1 "$@" ;;
+    createdb)
+        # A fresh database with the extension, replacing any of that name.
+        name=${2:?database name}
+        "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d postgres \
+            -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" -c "CREATE DATABASE \"$name\""
+        "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d "$name" \
+            -c "CREATE EXTENSION pg_commitq" ;;
+    *) echo "usage: $0 start|stop|status|env|psql|createdb NAME" >&2; exit 2 ;;
+esac

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs every test layer of commitq and exits non-zero if any failed:
+#   lint         cargo fmt --check, cargo clippy -D warnings
+#   pg_test      #[pg_test] functions inside one backend (cargo pgrx test)
+#   integration  tests/ crate: several real connections to the project cluster
+#   isolation    pg_isolation_regress specs for interleavings
+# Every layer runs even when an earlier one fails, so one run shows them all.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+passed=()
+failed=()
+layer() {
+    local name=$1; shift
+    printf '\n\033[1m== %s ==\033[0m\n' "$name"
+    local t0=$SECONDS
+    if "$@"; then
+        passed+=("$name"); echo "-- $name passed ($((SECONDS - t0)) s)"
+    else
+        failed+=("$name"); echo "-- $name FAILED ($((SECONDS - t0)) s)"
+    fi
+}
+
+lint() {
+    cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings
+}
+
+pg_test() {
+    # pgrx runs its own throwaway server; as root it must run it as postgres,
+    # with a data folder whose parent that user can write.
+    local runas=()
+    if [ "$(id -u)" = 0 ]; then
+        local dir=$root/target/pgrx-test
+        mkdir -p "$dir" && chown postgres "$dir"
+        runas=(--runas postgres --pgdata "$dir/data")
+    fi
+    (cd extension && cargo pgrx test pg15 "${runas[@]}")
+}
+
+install_and_start() {
+    # The extension built from this checkout, into the server the cluster runs.
+    dev/install-extension.sh && dev/cluster.sh start
+}
+
+integration() {
+    eval "$(dev/cluster.sh env)"
+    cargo test -p commitq -p commitq-tests
+}
+
+isolation() {
+    tests/isolation/run.sh
+}
+
+layer lint lint
+layer pg_test pg_test
+if install_and_start; then
+    layer integration integration
+    layer isolation isolation
+else
+    failed+=("install")
+fi
+
+echo
+echo "layers passed: ${passed[*]:-none}"
+echo "layers failed: ${failed[*]:-none}"
+echo "layers: ${#passed[@]} passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]

@@ -1,0 +1,79 @@
+//! `pg_commitq`: the PostgreSQL extension behind commitq.
+//!
+//! The queue itself is plain SQL in `sql/` (one file per concern), loaded
+//! here in dependency order so a DBA can read exactly what runs. Rust is kept
+//! for what SQL cannot do well.
+
+use pgrx::prelude::*;
+
+mod validate;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Tables, types, sequences and settings come first; everything else builds on them.
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../../sql/internal.sql", name = "internal", requires = ["schema"]);
+extension_sql_file!("../../sql/enqueue.sql", name = "enqueue", requires = ["internal"]);
+extension_sql_file!("../../sql/claim.sql", name = "claim", requires = ["internal"]);
+extension_sql_file!("../../sql/lease.sql", name = "lease", requires = ["internal"]);
+extension_sql_file!("../../sql/operator.sql", name = "operator", requires = ["internal"]);
+extension_sql_file!("../../sql/maintain.sql", name = "maintain", requires = ["internal"]);
+// Grants go last so they see every function the files above created.
+extension_sql_file!("../../sql/security.sql", name = "security", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn scalar<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: returned NULL"))
+    }
+
+    /// One backend can run a job's whole life: enqueue, claim, complete.
+    #[pg_test]
+    fn enqueue_claim_complete_in_one_backend() {
+        let id: i64 = scalar("SELECT job_id FROM commitq.enqueue('mail', 'send', '{\"to\": 1}')");
+        let (claimed, token): (Option<i64>, Option<i64>) = Spi::get_two(
+            "SELECT job_id, lease_token FROM commitq.claim('mail', 'w1', 10, '1 minute')",
+        )
+        .unwrap();
+        assert_eq!(claimed, Some(id));
+        let token = token.unwrap();
+        Spi::run(&format!("SELECT commitq.complete({id}, {token})")).unwrap();
+        let state: String =
+            scalar(&format!("SELECT state::text FROM commitq.finished_jobs WHERE id = {id}"));
+        assert_eq!(state, "completed");
+        let live: i64 = scalar("SELECT count(*) FROM commitq.jobs");
+        assert_eq!(live, 0);
+    }
+
+    /// A second claim hands out a larger lease token for the same job.
+    #[pg_test]
+    fn lease_token_grows_across_claims() {
+        let id: i64 = scalar("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')");
+        let first: i64 = scalar("SELECT lease_token FROM commitq.claim('q', 'w1', 1, '1 minute')");
+        Spi::run(&format!("SELECT commitq.snooze({id}, {first}, '0 seconds')")).unwrap();
+        let second: i64 = scalar("SELECT lease_token FROM commitq.claim('q', 'w2', 1, '1 minute')");
+        assert!(second > first, "{second} should exceed {first}");
+    }
+
+    /// A malformed queue name is rejected with commitq's invalid-argument SQLSTATE.
+    #[pg_test(error = "commitq: invalid queue name \"bad name\"")]
+    fn bad_queue_name_is_rejected() {
+        Spi::run("SELECT commitq.enqueue('bad name', 'k', '{}')").unwrap();
+    }
+}
+
+/// Required by `cargo pgrx test`: it must sit at the crate root.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,78 @@
+-- Claim: hand due jobs to a worker under a lease, never blocking on jobs that
+-- other claimers hold.
+
+-- What claim returns for each job. A type rather than OUT parameters so that
+-- claim's own parameters can keep the names queue and worker.
+CREATE TYPE commitq.claimed_job AS (
+    job_id bigint,
+    queue text,
+    kind text,
+    args jsonb,
+    attempt integer,
+    max_attempts integer,
+    lease_token bigint,
+    lease_expires_at timestamptz,
+    priority smallint,
+    run_at timestamptz,
+    enqueued_at timestamptz,
+    concurrency_key text,
+    idempotency_key text,
+    errors jsonb
+);
+
+-- Claim up to max_jobs due jobs of a queue, in priority, run_at, id order.
+-- Each claimed job gets a lease until now() + lease and a lease token larger
+-- than any earlier token of that job; pass both to complete/fail/heartbeat.
+CREATE FUNCTION commitq.claim(
+    queue text,
+    worker text,
+    max_jobs integer DEFAULT 1,
+    lease interval DEFAULT '5 minutes')
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM commitq._check(coalesce(commitq._queue_problem(claim.queue), CASE
+        WHEN claim.worker IS NULL OR length(claim.worker) NOT BETWEEN 1 AND 200
+            THEN 'worker must be 1 to 200 characters'
+        WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
+            THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))
+        WHEN claim.lease IS NULL OR claim.lease < interval '1 second' OR claim.lease > interval '7 days'
+            THEN format('lease %s out of range 1 second..7 days', coalesce(claim.lease::text, 'NULL'))
+        END));
+
+    -- Scheduled jobs that have come due become available. SKIP LOCKED: a row
+    -- another claimer is promoting right now is theirs to promote.
+    UPDATE commitq.jobs j
+       SET state = 'available'
+     WHERE j.id IN (SELECT s.id FROM commitq.jobs s
+                     WHERE s.state = 'scheduled' AND s.run_at <= now() AND s.queue = claim.queue
+                     ORDER BY s.run_at
+                     LIMIT 1000
+                       FOR UPDATE SKIP LOCKED);
+
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.id FROM commitq.jobs c
+         WHERE c.queue = claim.queue AND c.state = 'available'
+         ORDER BY c.priority, c.run_at, c.id
+         LIMIT claim.max_jobs
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE commitq.jobs j
+       SET state = 'running',
+           attempt = j.attempt + 1,
+           lease_token = j.lease_token + 1,
+           lease_expires_at = now() + claim.lease,
+           lease_interval = claim.lease,
+           worker = claim.worker,
+           claimed_at = now()
+      FROM picked
+     WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+              j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+              j.idempotency_key, j.errors;
+END
+$$;

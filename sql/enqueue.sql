@@ -1,0 +1,240 @@
+-- Enqueue: jobs are rows inserted in the caller's own transaction, so a job
+-- becomes claimable exactly when the caller's data commits, and vanishes with
+-- it on rollback.
+
+-- Insert one job. With an idempotency key that already names a job of this
+-- queue (live, or enqueued within commitq.config.idempotency_window), insert
+-- nothing and return that job with inserted = false.
+CREATE FUNCTION commitq.enqueue(
+    queue text,
+    kind text,
+    args jsonb DEFAULT '{}',
+    priority integer DEFAULT 0,
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT 25,
+    idempotency_key text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    OUT job_id bigint,
+    OUT inserted boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_run_at timestamptz := coalesce(enqueue.run_at, now());
+    v_max_bytes integer;
+    v_window interval;
+BEGIN
+    SELECT c.max_args_bytes, c.idempotency_window INTO v_max_bytes, v_window FROM commitq.config c;
+    PERFORM commitq._check(commitq._job_problem(
+        enqueue.queue, enqueue.kind, jsonb_typeof(enqueue.args), pg_column_size(enqueue.args),
+        v_max_bytes, enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
+        enqueue.idempotency_key, enqueue.concurrency_key));
+
+    enqueue.job_id := nextval('commitq.job_id_seq');
+    enqueue.inserted := true;
+
+    IF enqueue.idempotency_key IS NOT NULL THEN
+        LOOP
+            -- The primary key of idempotency_keys decides. A concurrent enqueue
+            -- of the same key waits here until the other transaction commits
+            -- (we return its job) or rolls back (we insert). A key whose job has
+            -- finished and whose window has passed is taken over.
+            INSERT INTO commitq.idempotency_keys AS k (queue, key, job_id)
+            VALUES (enqueue.queue, enqueue.idempotency_key, enqueue.job_id)
+            ON CONFLICT (queue, key) DO UPDATE
+               SET job_id = excluded.job_id, created_at = excluded.created_at
+             WHERE k.created_at < now() - v_window
+               AND NOT EXISTS (SELECT 1 FROM commitq.jobs j WHERE j.id = k.job_id);
+            EXIT WHEN FOUND;
+
+            SELECT k.job_id INTO enqueue.job_id
+              FROM commitq.idempotency_keys k
+             WHERE k.queue = enqueue.queue AND k.key = enqueue.idempotency_key;
+            IF FOUND THEN
+                enqueue.inserted := false;
+                RETURN;
+            END IF;
+            -- maintain() pruned the key between the two statements: go again.
+        END LOOP;
+    END IF;
+
+    INSERT INTO commitq.jobs (id, queue, kind, args, state, priority, run_at, max_attempts,
+                              idempotency_key, concurrency_key)
+    VALUES (enqueue.job_id, enqueue.queue, enqueue.kind, enqueue.args,
+            CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+            enqueue.priority, v_run_at, enqueue.max_attempts,
+            enqueue.idempotency_key, enqueue.concurrency_key);
+
+    IF v_run_at <= now() THEN
+        PERFORM commitq._wake(enqueue.queue);
+    END IF;
+END
+$$;
+
+-- Insert many jobs given as parallel arrays (one element per job), in one
+-- statement for the jobs without an idempotency key. Returns one row per job,
+-- in input order.
+CREATE FUNCTION commitq._enqueue_arrays(
+    p_queues text[], p_kinds text[], p_args jsonb[], p_priorities integer[],
+    p_run_ats timestamptz[], p_max_attempts integer[], p_ikeys text[], p_ckeys text[])
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max_bytes integer;
+    v_bad bigint;
+    v_problem text;
+    v_ords bigint[];
+    v_ids bigint[];
+    v_inserted boolean[];
+    r record;
+    e record;
+BEGIN
+    SELECT c.max_args_bytes INTO v_max_bytes FROM commitq.config c;
+
+    -- Validate every job before writing any, so a bad one changes nothing.
+    SELECT t.ord, commitq._job_problem(t.q, t.k, jsonb_typeof(t.a), pg_column_size(t.a), v_max_bytes,
+                                       t.p, t.m, isfinite(coalesce(t.r, now())), t.ik, t.ck)
+      INTO v_bad, v_problem
+      FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys)
+           WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, ord)
+     WHERE commitq._job_problem(t.q, t.k, jsonb_typeof(t.a), pg_column_size(t.a), v_max_bytes,
+                                t.p, t.m, isfinite(coalesce(t.r, now())), t.ik, t.ck) IS NOT NULL
+     ORDER BY t.ord
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'commitq: job % of the batch: %', v_bad, v_problem
+            USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
+    END IF;
+
+    -- Jobs without an idempotency key: one INSERT.
+    WITH input AS MATERIALIZED (
+        SELECT nextval('commitq.job_id_seq') AS id, t.*
+          FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ckeys, p_ikeys)
+               WITH ORDINALITY AS t(q, k, a, p, r, m, ck, ik, ord)
+         WHERE t.ik IS NULL
+    ), ins AS (
+        INSERT INTO commitq.jobs (id, queue, kind, args, state, priority, run_at, max_attempts,
+                                  concurrency_key)
+        SELECT i.id, i.q, i.k, i.a,
+               CASE WHEN coalesce(i.r, now()) > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+               i.p, coalesce(i.r, now()), i.m, i.ck
+          FROM input i
+         ORDER BY i.ord
+    )
+    SELECT coalesce(array_agg(i.ord ORDER BY i.ord), '{}'),
+           coalesce(array_agg(i.id ORDER BY i.ord), '{}'),
+           coalesce(array_agg(true ORDER BY i.ord), '{}')
+      INTO v_ords, v_ids, v_inserted
+      FROM input i;
+
+    PERFORM commitq._wake(q)
+       FROM (SELECT DISTINCT t.q
+               FROM unnest(p_queues, p_run_ats, p_ikeys) AS t(q, r, ik)
+              WHERE t.ik IS NULL AND coalesce(t.r, now()) <= now()) s;
+
+    -- Jobs with an idempotency key: each takes its key the same way a single
+    -- enqueue does, in input order (so a key repeated in the batch dedups).
+    IF p_ikeys IS NOT NULL THEN
+        FOR r IN
+            SELECT t.*
+              FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys)
+                   WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, ord)
+             WHERE t.ik IS NOT NULL
+             ORDER BY t.ord
+        LOOP
+            SELECT * INTO e FROM commitq.enqueue(r.q, r.k, r.a, r.p, r.r, r.m, r.ik, r.ck);
+            v_ords := v_ords || r.ord;
+            v_ids := v_ids || e.job_id;
+            v_inserted := v_inserted || e.inserted;
+        END LOOP;
+    END IF;
+
+    RETURN QUERY
+        SELECT t.id, t.ins FROM unnest(v_ords, v_ids, v_inserted) AS t(ord, id, ins) ORDER BY t.ord;
+END
+$$;
+
+-- Insert many jobs of one queue and kind: args[i] is job i's args; the keys
+-- arrays, when given, hold job i's keys (NULL elements for none). One
+-- statement. Returns (job_id, inserted) per job, in input order.
+CREATE FUNCTION commitq.enqueue_many(
+    queue text,
+    kind text,
+    args jsonb[],
+    priority integer DEFAULT 0,
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT 25,
+    idempotency_keys text[] DEFAULT NULL,
+    concurrency_keys text[] DEFAULT NULL)
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer := coalesce(cardinality(enqueue_many.args), 0);
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN enqueue_many.args IS NULL THEN 'args must not be NULL'
+        WHEN cardinality(enqueue_many.idempotency_keys) <> n
+            THEN 'idempotency_keys must have one element per job'
+        WHEN cardinality(enqueue_many.concurrency_keys) <> n
+            THEN 'concurrency_keys must have one element per job' END);
+    RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
+        array_fill(enqueue_many.queue, ARRAY[n]),
+        array_fill(enqueue_many.kind, ARRAY[n]),
+        enqueue_many.args,
+        array_fill(enqueue_many.priority, ARRAY[n]),
+        array_fill(enqueue_many.run_at, ARRAY[n]),
+        array_fill(enqueue_many.max_attempts, ARRAY[n]),
+        enqueue_many.idempotency_keys,
+        coalesce(enqueue_many.concurrency_keys, array_fill(NULL::text, ARRAY[n])));
+END
+$$;
+
+-- Insert many jobs given as a JSON array of objects, each with "queue",
+-- "kind" and optionally "args", "priority", "run_at", "max_attempts",
+-- "idempotency_key", "concurrency_key". Same rules as enqueue, per job; all or
+-- nothing. Returns (job_id, inserted) per job, in input order.
+CREATE FUNCTION commitq.enqueue_many(jobs jsonb)
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_bad text;
+BEGIN
+    PERFORM commitq._check(CASE WHEN jsonb_typeof(enqueue_many.jobs) IS DISTINCT FROM 'array'
+                                THEN 'jobs must be a JSON array of job objects' END);
+    SELECT format('job %s: %s', e.i,
+                  CASE WHEN jsonb_typeof(e.j) <> 'object' THEN 'must be a JSON object'
+                       ELSE 'unknown field ' || quote_ident(f.key) END)
+      INTO v_bad
+      FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)
+      LEFT JOIN LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(e.j) = 'object' THEN e.j END) AS f(key) ON true
+     WHERE jsonb_typeof(e.j) <> 'object'
+        OR f.key NOT IN ('queue', 'kind', 'args', 'priority', 'run_at', 'max_attempts',
+                         'idempotency_key', 'concurrency_key')
+     ORDER BY e.i
+     LIMIT 1;
+    PERFORM commitq._check(v_bad);
+
+    RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
+        (SELECT array_agg(j->>'queue' ORDER BY i) FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'kind' ORDER BY i) FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(CASE WHEN j ? 'args' THEN j->'args' ELSE '{}'::jsonb END ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(coalesce((j->>'priority')::integer, 0) ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg((j->>'run_at')::timestamptz ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(coalesce((j->>'max_attempts')::integer, 25) ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'idempotency_key' ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'concurrency_key' ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)));
+END
+$$;

@@ -1,0 +1,180 @@
+-- Calls a worker makes under a lease: complete, fail, heartbeat, snooze, and
+-- assert_lease for fencing its own writes. Each takes (job_id, lease_token)
+-- and does nothing but raise when that lease is not the job's current, live
+-- lease: CQ102 (stale: the job moved on) or CQ103 (expired).
+
+-- Finish a job successfully. Call it in the transaction that makes the job's
+-- own database writes: they commit together, or neither does.
+CREATE FUNCTION commitq.complete(job_id bigint, lease_token bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM commitq._locked_lease(complete.job_id, complete.lease_token);
+    PERFORM commitq._move_to_finished(ARRAY[complete.job_id], 'completed');
+END
+$$;
+
+-- Finish many jobs in one statement. Jobs whose lease is stale or expired
+-- are left alone and come back with completed = false (no error, so one lost
+-- lease does not undo the rest of the batch).
+CREATE FUNCTION commitq.complete_many(job_ids bigint[], lease_tokens bigint[])
+RETURNS TABLE (job_id bigint, completed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ok bigint[];
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN complete_many.job_ids IS NULL OR complete_many.lease_tokens IS NULL
+            THEN 'job_ids and lease_tokens must not be NULL'
+        WHEN cardinality(complete_many.job_ids) <> cardinality(complete_many.lease_tokens)
+            THEN 'job_ids and lease_tokens must have the same length' END);
+
+    -- Lock the jobs whose lease is current, in id order so that two
+    -- overlapping batches cannot deadlock.
+    SELECT coalesce(array_agg(l.id), '{}') INTO v_ok
+      FROM (SELECT j.id
+              FROM commitq.jobs j
+              JOIN unnest(complete_many.job_ids, complete_many.lease_tokens) AS t(id, token)
+                ON j.id = t.id AND j.lease_token = t.token
+             WHERE j.state = 'running' AND j.lease_expires_at > clock_timestamp()
+             ORDER BY j.id
+               FOR UPDATE OF j) l;
+
+    PERFORM commitq._move_to_finished(v_ok, 'completed');
+
+    RETURN QUERY
+        SELECT t.id, t.id = ANY (v_ok)
+          FROM unnest(complete_many.job_ids) WITH ORDINALITY AS t(id, ord)
+         ORDER BY t.ord;
+END
+$$;
+
+-- Record a failed attempt. The job is retried after an exponential backoff
+-- with jitter (or after retry_in, when given), or discarded, with its error
+-- history kept, once it has used max_attempts or when discard is true (a
+-- failure that no retry can fix). A job whose cancellation was requested is
+-- cancelled instead of retried. Returns the job's new state and run_at.
+CREATE FUNCTION commitq.fail(
+    job_id bigint,
+    lease_token bigint,
+    error text,
+    retry_in interval DEFAULT NULL,
+    discard boolean DEFAULT false,
+    OUT state commitq.job_state,
+    OUT run_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+    v_errors jsonb;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN fail.error IS NULL THEN 'error must not be NULL'
+        WHEN fail.discard IS NULL THEN 'discard must not be NULL'
+        WHEN fail.retry_in < interval '0' OR NOT isfinite(now() + fail.retry_in)
+            THEN 'retry_in must be a finite interval >= 0' END);
+    j := commitq._locked_lease(fail.job_id, fail.lease_token);
+    v_errors := commitq._push_error(j.errors, j.attempt, j.worker, fail.error);
+
+    IF fail.discard OR j.cancel_requested OR j.attempt >= j.max_attempts THEN
+        fail.state := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+        fail.run_at := j.run_at;
+        UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], fail.state);
+        RETURN;
+    END IF;
+
+    fail.run_at := now() + coalesce(fail.retry_in, commitq._backoff(j.attempt));
+    fail.state := CASE WHEN fail.run_at <= now() THEN 'available' ELSE 'scheduled' END;
+    UPDATE commitq.jobs
+       SET state = fail.state, run_at = fail.run_at, errors = v_errors,
+           lease_expires_at = NULL
+     WHERE id = j.id;
+    IF fail.state = 'available' THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+END
+$$;
+
+-- Extend a running job's lease by `extend` (default: the lease it was
+-- claimed with), from now. Returns the new expiry and whether an operator
+-- asked for the job to be cancelled, in which case the worker should stop
+-- and call fail (the job is then cancelled, not retried).
+CREATE FUNCTION commitq.heartbeat(
+    job_id bigint,
+    lease_token bigint,
+    extend interval DEFAULT NULL,
+    OUT lease_expires_at timestamptz,
+    OUT cancel_requested boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN heartbeat.extend < interval '1 second' OR heartbeat.extend > interval '7 days'
+            THEN 'extend out of range 1 second..7 days' END);
+    j := commitq._locked_lease(heartbeat.job_id, heartbeat.lease_token);
+    UPDATE commitq.jobs
+       SET lease_expires_at = clock_timestamp() + coalesce(heartbeat.extend, j.lease_interval)
+     WHERE id = j.id
+    RETURNING lease_expires_at, cancel_requested
+      INTO heartbeat.lease_expires_at, heartbeat.cancel_requested;
+END
+$$;
+
+-- Put a running job back for later (now + delay) without spending an
+-- attempt: for "not yet" rather than "failed". Returns the new run_at.
+CREATE FUNCTION commitq.snooze(job_id bigint, lease_token bigint, delay interval)
+RETURNS timestamptz
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+    v_run_at timestamptz;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN snooze.delay IS NULL OR snooze.delay < interval '0' OR NOT isfinite(now() + snooze.delay)
+            THEN 'delay must be a finite interval >= 0' END);
+    j := commitq._locked_lease(snooze.job_id, snooze.lease_token);
+    IF j.cancel_requested THEN
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        RETURN NULL;
+    END IF;
+    v_run_at := now() + snooze.delay;
+    UPDATE commitq.jobs
+       SET state = CASE WHEN v_run_at <= now() THEN 'available' ELSE 'scheduled' END::commitq.job_state,
+           run_at = v_run_at,
+           attempt = attempt - 1,
+           lease_expires_at = NULL
+     WHERE id = j.id;
+    IF v_run_at <= now() THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+    RETURN v_run_at;
+END
+$$;
+
+-- Raise CQ102/CQ103 unless (job_id, lease_token) is the job's current, live
+-- lease, and hold the job's row lock until the caller's transaction ends, so
+-- the lease cannot move on before the caller's own writes commit. Put it in
+-- application SQL to fence writes made on behalf of a job.
+CREATE FUNCTION commitq.assert_lease(job_id bigint, lease_token bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM commitq._locked_lease(assert_lease.job_id, assert_lease.lease_token);
+END
+$$;

@@ -1,0 +1,94 @@
+-- Housekeeping: call commitq.maintain() every few seconds from any number of
+-- places (a worker loop, pg_cron). Every step takes its rows with SKIP LOCKED
+-- and at most commitq.config.maintain_batch of them, so concurrent calls
+-- split the work instead of waiting on each other.
+
+-- Rescue jobs whose lease expired (their worker died or stalled): retry them
+-- with backoff, or discard them after max_attempts, or cancel them if that
+-- was requested; make due scheduled jobs available; prune finished jobs past
+-- commitq.config.finished_retention and idempotency keys past
+-- commitq.config.idempotency_window. Returns how many rows each step touched.
+CREATE FUNCTION commitq.maintain(
+    OUT rescued bigint,
+    OUT discarded bigint,
+    OUT promoted bigint,
+    OUT pruned_jobs bigint,
+    OUT pruned_keys bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c commitq.config;
+    j commitq.jobs;
+    v_errors jsonb;
+    v_final commitq.job_state;
+    v_run_at timestamptz;
+    v_woken bigint;
+BEGIN
+    SELECT * INTO c FROM commitq.config;
+    rescued := 0;
+    discarded := 0;
+
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'running' AND x.lease_expires_at < clock_timestamp()
+         ORDER BY x.lease_expires_at
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
+            format('lease expired at %s: worker %s stopped without completing or failing the job',
+                   j.lease_expires_at, j.worker));
+        IF j.cancel_requested OR j.attempt >= j.max_attempts THEN
+            v_final := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+            UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+            PERFORM commitq._move_to_finished(ARRAY[j.id], v_final);
+            discarded := discarded + 1;
+        ELSE
+            v_run_at := now() + commitq._backoff(j.attempt);
+            UPDATE commitq.jobs
+               SET state = 'scheduled', run_at = v_run_at, errors = v_errors, lease_expires_at = NULL
+             WHERE id = j.id;
+            rescued := rescued + 1;
+        END IF;
+    END LOOP;
+
+    WITH due AS (
+        UPDATE commitq.jobs u SET state = 'available'
+         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
+                         WHERE s.state = 'scheduled' AND s.run_at <= now()
+                         ORDER BY s.run_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING u.queue
+    ), woken AS (
+        SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
+    )
+    SELECT (SELECT count(*) FROM due), (SELECT count(*) FROM woken) INTO promoted, v_woken;
+
+    WITH gone AS (
+        DELETE FROM commitq.finished_jobs f
+         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
+                         WHERE o.finished_at < now() - c.finished_retention
+                         ORDER BY o.finished_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_jobs FROM gone;
+
+    WITH gone AS (
+        DELETE FROM commitq.idempotency_keys k
+         WHERE (k.queue, k.key) IN (
+                SELECT o.queue, o.key FROM commitq.idempotency_keys o
+                 WHERE o.created_at < now() - c.idempotency_window
+                   AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+                 ORDER BY o.created_at
+                 LIMIT c.maintain_batch
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_keys FROM gone;
+END
+$$;

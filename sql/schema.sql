@@ -1,0 +1,143 @@
+-- commitq schema: types, tables, indexes and settings.
+--
+-- Layout, and why:
+--   commitq.jobs           live jobs only (scheduled, available, running). It is
+--                          the hot table: every enqueue inserts here and every
+--                          claim and completion touches it, so it is kept small.
+--   commitq.finished_jobs  completed, discarded and cancelled jobs, moved here
+--                          by the same statement that finishes them and pruned
+--                          by commitq.maintain() after a retention period. It is
+--                          append-mostly and never on the claim path.
+--   commitq.idempotency_keys  one row per (queue, key); its primary key is the
+--                          unique index that makes duplicate enqueues
+--                          impossible, for live jobs and for a retention window
+--                          after they finish.
+--   commitq.config         one row of settings an operator may change.
+
+CREATE TYPE commitq.job_state AS ENUM (
+    'scheduled',  -- waiting for run_at (new with a future run_at, retried, snoozed)
+    'available',  -- due: claim hands these out
+    'running',    -- claimed under a lease
+    'completed',  -- finished successfully (finished_jobs only)
+    'discarded',  -- failed max_attempts times, or failed permanently (finished_jobs only)
+    'cancelled'   -- cancelled by an operator (finished_jobs only)
+);
+
+CREATE SEQUENCE commitq.job_id_seq AS bigint;
+
+CREATE TABLE commitq.jobs (
+    id                bigint PRIMARY KEY DEFAULT nextval('commitq.job_id_seq'),
+    queue             text NOT NULL,
+    kind              text NOT NULL,
+    args              jsonb NOT NULL,
+    state             commitq.job_state NOT NULL,
+    priority          smallint NOT NULL DEFAULT 0,
+    run_at            timestamptz NOT NULL DEFAULT now(),
+    attempt           integer NOT NULL DEFAULT 0,
+    max_attempts      integer NOT NULL,
+    -- Fencing token: incremented by every claim, so a later claim always
+    -- holds a larger token than any earlier one for the same job.
+    lease_token       bigint NOT NULL DEFAULT 0,
+    lease_expires_at  timestamptz,
+    lease_interval    interval,
+    worker            text,
+    idempotency_key   text,
+    concurrency_key   text,
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    -- The last few errors (commitq.config.error_history), oldest first.
+    errors            jsonb NOT NULL DEFAULT '[]',
+    enqueued_at       timestamptz NOT NULL DEFAULT now(),
+    claimed_at        timestamptz,
+    CONSTRAINT jobs_live_state CHECK (state IN ('scheduled', 'available', 'running'))
+) WITH (
+    -- Claims and completions rewrite or delete most rows within seconds: free
+    -- space on each page lets the new row version stay on the same page, and
+    -- aggressive autovacuum keeps dead rows from piling up between runs.
+    fillfactor = 70,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- The claim path: due jobs of one queue in claim order. Partial, so it holds
+-- only what can be claimed now and stays small however many jobs are running
+-- or waiting for a future run_at.
+CREATE INDEX jobs_claim_idx ON commitq.jobs (queue, priority, run_at, id)
+    WHERE state = 'available';
+
+-- Promotion of scheduled jobs that have come due.
+CREATE INDEX jobs_scheduled_idx ON commitq.jobs (run_at)
+    WHERE state = 'scheduled';
+
+-- Rescue of expired leases by commitq.maintain().
+CREATE INDEX jobs_lease_idx ON commitq.jobs (lease_expires_at)
+    WHERE state = 'running';
+
+CREATE TABLE commitq.finished_jobs (
+    id                bigint PRIMARY KEY,
+    queue             text NOT NULL,
+    kind              text NOT NULL,
+    args              jsonb NOT NULL,
+    state             commitq.job_state NOT NULL,
+    priority          smallint NOT NULL,
+    run_at            timestamptz NOT NULL,
+    attempt           integer NOT NULL,
+    max_attempts      integer NOT NULL,
+    lease_token       bigint NOT NULL,
+    worker            text,
+    idempotency_key   text,
+    concurrency_key   text,
+    errors            jsonb NOT NULL,
+    enqueued_at       timestamptz NOT NULL,
+    claimed_at        timestamptz,
+    finished_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT finished_jobs_state CHECK (state IN ('completed', 'discarded', 'cancelled'))
+) WITH (
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Pruning by age.
+CREATE INDEX finished_jobs_finished_at_idx ON commitq.finished_jobs (finished_at);
+
+CREATE TABLE commitq.idempotency_keys (
+    queue       text NOT NULL,
+    key         text NOT NULL,
+    job_id      bigint NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, key)
+);
+
+CREATE TABLE commitq.config (
+    -- Exactly one row.
+    singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    -- Largest accepted args, in bytes of the stored jsonb value.
+    max_args_bytes       integer NOT NULL DEFAULT 1048576 CHECK (max_args_bytes > 0),
+    -- How long completed, discarded and cancelled jobs are kept.
+    finished_retention   interval NOT NULL DEFAULT '7 days',
+    -- An idempotency key stays taken for this long after its job was first
+    -- enqueued, and in any case while the job is live.
+    idempotency_window   interval NOT NULL DEFAULT '24 hours',
+    -- Retry delay: backoff_base * 2^(attempt-1), capped at backoff_cap, then
+    -- jittered to between half and all of that.
+    backoff_base         interval NOT NULL DEFAULT '1 second',
+    backoff_cap          interval NOT NULL DEFAULT '1 hour',
+    -- How many errors a job keeps.
+    error_history        integer NOT NULL DEFAULT 20 CHECK (error_history BETWEEN 1 AND 1000),
+    -- How many rows one maintain() call handles per step, so it never holds
+    -- many locks or runs long.
+    maintain_batch       integer NOT NULL DEFAULT 10000 CHECK (maintain_batch BETWEEN 1 AND 1000000)
+);
+INSERT INTO commitq.config DEFAULT VALUES;
+
+-- Operators' settings and the key table survive pg_dump of the extension.
+SELECT pg_catalog.pg_extension_config_dump('commitq.config', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.finished_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.idempotency_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.job_id_seq', '');
+
+-- Pruning of idempotency keys whose window has passed.
+CREATE INDEX idempotency_keys_created_at_idx ON commitq.idempotency_keys (created_at);

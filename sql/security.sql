@@ -1,0 +1,60 @@
+-- Roles and grants. Nothing is granted to PUBLIC: a role can use commitq
+-- only through one of the three roles below.
+--
+--   commitq_producer  enqueue jobs
+--   commitq_worker    claim jobs and report on them (and run maintain)
+--   commitq_operator  both of the above, cancel and retry, and read every table
+--
+-- The public functions are SECURITY DEFINER with a pinned search_path, so
+-- producers and workers need no rights on the tables themselves.
+-- Roles belong to the cluster, not the database, so a second database that
+-- installs commitq reuses them.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['commitq_producer', 'commitq_worker', 'commitq_operator'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+GRANT commitq_producer, commitq_worker TO commitq_operator;
+
+REVOKE ALL ON SCHEMA commitq FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA commitq FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA commitq FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA commitq FROM PUBLIC;
+REVOKE ALL ON TYPE commitq.job_state, commitq.claimed_job FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA commitq TO commitq_producer, commitq_worker, commitq_operator;
+GRANT USAGE ON TYPE commitq.job_state, commitq.claimed_job
+    TO commitq_producer, commitq_worker, commitq_operator;
+
+GRANT EXECUTE ON FUNCTION
+    commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text),
+    commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[]),
+    commitq.enqueue_many(jsonb)
+    TO commitq_producer;
+
+GRANT EXECUTE ON FUNCTION
+    commitq.claim(text, text, integer, interval),
+    commitq.complete(bigint, bigint),
+    commitq.complete_many(bigint[], bigint[]),
+    commitq.fail(bigint, bigint, text, interval, boolean),
+    commitq.heartbeat(bigint, bigint, interval),
+    commitq.snooze(bigint, bigint, interval),
+    commitq.assert_lease(bigint, bigint),
+    commitq.maintain()
+    TO commitq_worker;
+
+GRANT EXECUTE ON FUNCTION
+    commitq.cancel(bigint),
+    commitq.retry(bigint)
+    TO commitq_operator;
+
+GRANT SELECT ON ALL TABLES IN SCHEMA commitq TO commitq_operator;
+GRANT UPDATE ON commitq.config TO commitq_operator;
