@@ -11,7 +11,10 @@ pub enum Error {
     ExtensionMissing,
     /// The installed extension is not the version this client was built for.
     #[error("pg_commitq {installed} is installed, this client needs {expected}")]
-    VersionMismatch { installed: String, expected: &'static str },
+    VersionMismatch {
+        installed: String,
+        expected: &'static str,
+    },
     /// SQLSTATE CQ001: an argument was NULL, malformed or out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -34,7 +37,9 @@ pub enum Error {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        let Some(db) = e.as_db_error() else { return Error::Database(e) };
+        let Some(db) = e.as_db_error() else {
+            return Error::Database(e);
+        };
         let message = db.message().to_string();
         match db.code().code() {
             "CQ001" => Error::InvalidArgument(message),

@@ -28,7 +28,10 @@ pub async fn check_extension<C: tokio_postgres::GenericClient>(client: &C) -> Re
             if installed == EXTENSION_VERSION {
                 Ok(())
             } else {
-                Err(Error::VersionMismatch { installed, expected: EXTENSION_VERSION })
+                Err(Error::VersionMismatch {
+                    installed,
+                    expected: EXTENSION_VERSION,
+                })
             }
         }
     }

@@ -12,12 +12,36 @@ mod validate;
 
 // Tables, types, sequences and settings come first; everything else builds on them.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/internal.sql", name = "internal", requires = ["schema"]);
-extension_sql_file!("../../sql/enqueue.sql", name = "enqueue", requires = ["internal"]);
-extension_sql_file!("../../sql/claim.sql", name = "claim", requires = ["internal"]);
-extension_sql_file!("../../sql/lease.sql", name = "lease", requires = ["internal"]);
-extension_sql_file!("../../sql/operator.sql", name = "operator", requires = ["internal"]);
-extension_sql_file!("../../sql/maintain.sql", name = "maintain", requires = ["internal"]);
+extension_sql_file!(
+    "../../sql/internal.sql",
+    name = "internal",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/enqueue.sql",
+    name = "enqueue",
+    requires = ["internal"]
+);
+extension_sql_file!(
+    "../../sql/claim.sql",
+    name = "claim",
+    requires = ["internal"]
+);
+extension_sql_file!(
+    "../../sql/lease.sql",
+    name = "lease",
+    requires = ["internal"]
+);
+extension_sql_file!(
+    "../../sql/operator.sql",
+    name = "operator",
+    requires = ["internal"]
+);
+extension_sql_file!(
+    "../../sql/maintain.sql",
+    name = "maintain",
+    requires = ["internal"]
+);
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
@@ -43,8 +67,9 @@ mod tests {
         assert_eq!(claimed, Some(id));
         let token = token.unwrap();
         Spi::run(&format!("SELECT commitq.complete({id}, {token})")).unwrap();
-        let state: String =
-            scalar(&format!("SELECT state::text FROM commitq.finished_jobs WHERE id = {id}"));
+        let state: String = scalar(&format!(
+            "SELECT state::text FROM commitq.finished_jobs WHERE id = {id}"
+        ));
         assert_eq!(state, "completed");
         let live: i64 = scalar("SELECT count(*) FROM commitq.jobs");
         assert_eq!(live, 0);
@@ -55,15 +80,80 @@ mod tests {
     fn lease_token_grows_across_claims() {
         let id: i64 = scalar("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')");
         let first: i64 = scalar("SELECT lease_token FROM commitq.claim('q', 'w1', 1, '1 minute')");
-        Spi::run(&format!("SELECT commitq.snooze({id}, {first}, '0 seconds')")).unwrap();
+        Spi::run(&format!(
+            "SELECT commitq.snooze({id}, {first}, '0 seconds')"
+        ))
+        .unwrap();
         let second: i64 = scalar("SELECT lease_token FROM commitq.claim('q', 'w2', 1, '1 minute')");
         assert!(second > first, "{second} should exceed {first}");
     }
 
     /// A malformed queue name is rejected with commitq's invalid-argument SQLSTATE.
-    #[pg_test(error = "commitq: invalid queue name \"bad name\"")]
+    #[pg_test(
+        error = "commitq: invalid queue name \"bad name\": use 1 to 48 of a-z 0-9 _ . - starting with a letter or digit"
+    )]
     fn bad_queue_name_is_rejected() {
         Spi::run("SELECT commitq.enqueue('bad name', 'k', '{}')").unwrap();
+    }
+
+    /// The validation rules, case by case, as SQL sees them.
+    #[pg_test]
+    fn job_problem_accepts_good_jobs_and_names_each_bad_field() {
+        let problem = |args: &str| -> Option<String> {
+            Spi::get_one::<String>(&format!("SELECT commitq._job_problem({args})")).unwrap()
+        };
+        let ok =
+            "'emails', 'Billing::Charge', 'object', 10, 100, 0, 25, true, 'order-1', 'account:42'";
+        assert_eq!(problem(ok), None);
+        let cases = [
+            (
+                "NULL, 'k', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "queue must not be NULL",
+            ),
+            (
+                "'Q', 'k', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "invalid queue name",
+            ),
+            (
+                "'q', 'a b', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "invalid kind",
+            ),
+            (
+                "'q', 'k', 'array', 1, 100, 0, 25, true, NULL, NULL",
+                "args must be a JSON object",
+            ),
+            (
+                "'q', 'k', 'object', 101, 100, 0, 25, true, NULL, NULL",
+                "args too large",
+            ),
+            (
+                "'q', 'k', 'object', 1, 100, 32768, 25, true, NULL, NULL",
+                "priority 32768 out of range",
+            ),
+            (
+                "'q', 'k', 'object', 1, 100, 0, 0, true, NULL, NULL",
+                "max_attempts 0 out of range",
+            ),
+            (
+                "'q', 'k', 'object', 1, 100, 0, 25, false, NULL, NULL",
+                "run_at must be a finite",
+            ),
+            (
+                "'q', 'k', 'object', 1, 100, 0, 25, true, '', NULL",
+                "invalid idempotency_key",
+            ),
+            (
+                "'q', 'k', 'object', 1, 100, 0, 25, true, NULL, E'a\\tb'",
+                "invalid concurrency_key",
+            ),
+        ];
+        for (args, expected) in cases {
+            let got = problem(args).unwrap_or_default();
+            assert!(
+                got.starts_with(expected),
+                "{args}: got {got:?}, expected {expected:?}"
+            );
+        }
     }
 }
 

@@ -14,7 +14,10 @@ pub const MAX_ATTEMPTS_LIMIT: i32 = 1000;
 /// Queue names: lower-case ASCII letters and digits, then also `_ . -`.
 /// ASCII only, so look-alike Unicode names cannot pose as another queue.
 pub fn queue_problem(queue: &str) -> Option<String> {
-    let ok_first = queue.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok_first = queue
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let ok_rest = queue
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
@@ -29,7 +32,10 @@ pub fn queue_problem(queue: &str) -> Option<String> {
 /// Job kinds: ASCII letters, digits and `_ . : / -`, so `Billing::Charge` and
 /// `emails/send` both work.
 pub fn kind_problem(kind: &str) -> Option<String> {
-    let ok_first = kind.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ok_first = kind
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
     let ok_rest = kind
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'));
@@ -45,7 +51,9 @@ pub fn kind_problem(kind: &str) -> Option<String> {
 /// `account:42`): any printable text up to 255 bytes.
 pub fn key_problem(what: &str, key: &str) -> Option<String> {
     if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
-        return Some(format!("invalid {what}: use 1 to {MAX_KEY_LEN} bytes of printable text"));
+        return Some(format!(
+            "invalid {what}: use 1 to {MAX_KEY_LEN} bytes of printable text"
+        ));
     }
     None
 }
@@ -66,8 +74,12 @@ pub fn job_problem(
     idempotency_key: Option<&str>,
     concurrency_key: Option<&str>,
 ) -> Option<String> {
-    let Some(queue) = queue else { return Some("queue must not be NULL".into()) };
-    let Some(kind) = kind else { return Some("kind must not be NULL".into()) };
+    let Some(queue) = queue else {
+        return Some("queue must not be NULL".into());
+    };
+    let Some(kind) = kind else {
+        return Some("kind must not be NULL".into());
+    };
     if let Some(problem) = queue_problem(queue).or_else(|| kind_problem(kind)) {
         return Some(problem);
     }
@@ -84,14 +96,20 @@ pub fn job_problem(
     match priority {
         None => return Some("priority must not be NULL".into()),
         Some(p) if !(i16::MIN as i32..=i16::MAX as i32).contains(&p) => {
-            return Some(format!("priority {p} out of range {}..{}", i16::MIN, i16::MAX))
+            return Some(format!(
+                "priority {p} out of range {}..{}",
+                i16::MIN,
+                i16::MAX
+            ))
         }
         Some(_) => {}
     }
     match max_attempts {
         None => return Some("max_attempts must not be NULL".into()),
         Some(n) if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) => {
-            return Some(format!("max_attempts {n} out of range 1..{MAX_ATTEMPTS_LIMIT}"))
+            return Some(format!(
+                "max_attempts {n} out of range 1..{MAX_ATTEMPTS_LIMIT}"
+            ))
         }
         Some(_) => {}
     }

@@ -35,15 +35,27 @@ impl TestDb {
     pub async fn new(name: &str) -> TestDb {
         let base = cluster_url();
         let admin = connect(&base).await;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); CREATE DATABASE \"{name}\""
-            ))
+        // Two statements, not one batch: DROP DATABASE refuses to run in the
+        // implicit transaction of a multi-statement query.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{name}\""),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let url = with_dbname(&base, name);
+        connect(&url)
+            .await
+            .batch_execute("CREATE EXTENSION pg_commitq")
             .await
             .unwrap();
-        let url = with_dbname(&base, name);
-        connect(&url).await.batch_execute("CREATE EXTENSION pg_commitq").await.unwrap();
-        TestDb { name: name.to_string(), url }
+        TestDb {
+            name: name.to_string(),
+            url,
+        }
     }
 
     pub async fn connect(&self) -> Client {
@@ -58,13 +70,18 @@ impl TestDb {
 
 /// Replace or add `dbname=` in a key=value connection string.
 pub fn with_dbname(url: &str, dbname: &str) -> String {
-    let mut parts: Vec<String> =
-        url.split_whitespace().filter(|p| !p.starts_with("dbname=")).map(str::to_string).collect();
+    let mut parts: Vec<String> = url
+        .split_whitespace()
+        .filter(|p| !p.starts_with("dbname="))
+        .map(str::to_string)
+        .collect();
     parts.push(format!("dbname={dbname}"));
     parts.join(" ")
 }
 
 /// The SQLSTATE of a failed call, for asserting which error commitq raised.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }

@@ -7,7 +7,9 @@ use commitq_tests::TestDb;
 async fn installed_extension_matches_the_client_version() {
     let db = TestDb::new("t_foundation_version").await;
     let client = db.connect().await;
-    commitq::check_extension(&client).await.expect("version check");
+    commitq::check_extension(&client)
+        .await
+        .expect("version check");
 }
 
 #[tokio::test]
@@ -16,15 +18,24 @@ async fn a_job_committed_on_one_connection_is_claimed_on_another() {
     let producer = db.connect().await;
     let worker = db.connect().await;
     let row = producer
-        .query_one("SELECT job_id FROM commitq.enqueue('mail', 'welcome', '{\"user\": 7}')", &[])
+        .query_one(
+            "SELECT job_id FROM commitq.enqueue('mail', 'welcome', '{\"user\": 7}')",
+            &[],
+        )
         .await
         .unwrap();
     let id: i64 = row.get(0);
     let claimed = worker
-        .query("SELECT job_id, args FROM commitq.claim('mail', 'w1', 5, '1 minute')", &[])
+        .query(
+            "SELECT job_id, args FROM commitq.claim('mail', 'w1', 5, '1 minute')",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].get::<_, i64>(0), id);
-    assert_eq!(claimed[0].get::<_, serde_json::Value>(1), serde_json::json!({"user": 7}));
+    assert_eq!(
+        claimed[0].get::<_, serde_json::Value>(1),
+        serde_json::json!({"user": 7})
+    );
 }
