@@ -46,9 +46,9 @@ BEGIN
             p_job_id, j.state, j.lease_token, p_lease_token
             USING ERRCODE = 'CQ102';
     END IF;
-    RAISE EXCEPTION 'commitq: lease expired: lease token % of job % ran out at %',
-        p_lease_token, p_job_id, j.lease_expires_at
+    RAISE EXCEPTION 'commitq: lease expired: lease token % of job % ran out', p_lease_token, p_job_id
         USING ERRCODE = 'CQ103',
+              DETAIL = format('The lease ran out at %s.', j.lease_expires_at),
               HINT = 'heartbeat before the lease runs out, or claim with a longer lease';
 END
 $$;

@@ -276,7 +276,7 @@ async fn bad_input_gets_its_sqlstate_and_changes_nothing() {
          SELECT commitq.enqueue('q', 'k', '{\"keep\": 2}');
          SELECT commitq.enqueue('q', 'k', '{\"keep\": 3}');
          SELECT commitq.claim('q', 'w', 2);
-         SELECT commitq.complete(job_id, lease_token) FROM commitq.jobs WHERE id = 2;",
+         SELECT commitq.complete(id, lease_token) FROM commitq.jobs WHERE id = 2;",
     )
     .await
     .unwrap();
