@@ -1,0 +1,279 @@
+//! commitq's benchmark: each workload next to a raw-SQL baseline measured in
+//! the same run on the same database, so the ratios mean something on a noisy
+//! machine. Prints a markdown table.
+//!
+//!     make bench                 # full run
+//!     cargo run --release -p commitq-tests --bin bench -- --quick
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use commitq_tests::{connect, TestDb};
+use tokio_postgres::Client;
+
+#[derive(Parser, Debug)]
+#[command(about = "Measure commitq against raw-SQL baselines on the project-local cluster")]
+struct Args {
+    /// Jobs for the bulk enqueue and drain workloads.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// Seconds for the single-enqueue workload.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Clients for the single-enqueue workload.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Concurrent claimers for the drain workload.
+    #[arg(long, default_value_t = 16)]
+    claimers: usize,
+    /// Small and fast: 20,000 jobs, 3 seconds.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// One line of the result table.
+struct Row {
+    workload: String,
+    system: String,
+    rate: f64,
+    baseline: Option<f64>,
+}
+
+const SETUP: &str = "
+    DROP SCHEMA IF EXISTS bench CASCADE;
+    CREATE SCHEMA bench;
+    -- The raw baseline: a bare job table with the claim index a hand-rolled
+    -- SKIP LOCKED queue would have, and nothing else.
+    CREATE TABLE bench.raw_jobs (
+        id bigserial PRIMARY KEY,
+        queue text NOT NULL,
+        kind text NOT NULL,
+        args jsonb NOT NULL,
+        run_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX ON bench.raw_jobs (queue, run_at, id);
+";
+
+const ARGS_40_BYTES: &str = r#"{"user_id": 123456, "template": "welcome"}"#;
+
+async fn reset(c: &Client) {
+    c.batch_execute(
+        "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys, bench.raw_jobs;
+         VACUUM ANALYZE commitq.jobs; VACUUM ANALYZE bench.raw_jobs;",
+    )
+    .await
+    .unwrap();
+}
+
+/// `clients` connections each run `sql` in its own transaction for `secs`.
+async fn single_statement_rate(url: &str, sql: &'static str, clients: usize, secs: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, done) = (url.to_string(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            let stmt = c.prepare(sql).await.unwrap();
+            while Instant::now() < deadline {
+                c.execute(&stmt, &[]).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Time one bulk statement inserting `jobs` rows; returns rows per second.
+async fn bulk_rate(c: &Client, sql: &str, jobs: usize) -> f64 {
+    let start = Instant::now();
+    c.execute(sql, &[&(jobs as i32)]).await.unwrap();
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `claimers` connections run `step` until it returns 0; jobs per second.
+async fn drain_rate<F, Fut>(url: &str, claimers: usize, jobs: usize, step: F) -> f64
+where
+    F: Fn(Arc<Client>, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let total = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..claimers {
+        clients.push(Arc::new(connect(url).await));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (step, total) = (step.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = step(c.clone(), format!("bench-{i}")).await;
+                if n == 0 {
+                    break;
+                }
+                total.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let drained = total.load(Ordering::Relaxed) as usize;
+    assert_eq!(drained, jobs, "every job drained exactly once");
+    drained as f64 / elapsed
+}
+
+async fn fill_commitq(c: &Client, jobs: usize) {
+    c.execute(
+        "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
+             array_fill($2::jsonb, ARRAY[$1::int]))",
+        &[&(jobs as i32), &serde_json::from_str::<serde_json::Value>(ARGS_40_BYTES).unwrap()],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE commitq.jobs").await.unwrap();
+}
+
+async fn fill_raw(c: &Client, jobs: usize) {
+    c.execute(
+        &format!(
+            "INSERT INTO bench.raw_jobs (queue, kind, args)
+             SELECT 'bench', 'noop', '{ARGS_40_BYTES}' FROM generate_series(1, $1::int)"
+        ),
+        &[&(jobs as i32)],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE bench.raw_jobs").await.unwrap();
+}
+
+async fn commitq_drain(url: &str, c: &Client, args: &Args, batch: i32) -> f64 {
+    reset(c).await;
+    fill_commitq(c, args.jobs).await;
+    drain_rate(url, args.claimers, args.jobs, move |c, worker| async move {
+        let rows = c
+            .query(
+                "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
+                &[&worker, &batch],
+            )
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            return 0;
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        c.execute("SELECT count(*) FROM commitq.complete_many($1, $2)", &[&ids, &tokens])
+            .await
+            .unwrap();
+        rows.len()
+    })
+    .await
+}
+
+async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
+    reset(c).await;
+    fill_raw(c, args.jobs).await;
+    drain_rate(url, args.claimers, args.jobs, move |c, _worker| async move {
+        c.query(
+            "DELETE FROM bench.raw_jobs WHERE id IN (
+                 SELECT id FROM bench.raw_jobs WHERE queue = 'bench' AND run_at <= now()
+                  ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, args",
+            &[&batch],
+        )
+        .await
+        .unwrap()
+        .len()
+    })
+    .await
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = Args::parse();
+    if args.quick {
+        args.jobs = 20_000;
+        args.seconds = 3;
+    }
+    let db = TestDb::new("commitq_bench").await;
+    let c = db.connect().await;
+    c.batch_execute(SETUP).await.unwrap();
+    let version: String = c.query_one("SHOW server_version", &[]).await.unwrap().get(0);
+    let mut rows = Vec::new();
+
+    eprintln!("single enqueue, {} clients, {} s each ...", args.clients, args.seconds);
+    reset(&c).await;
+    let raw = single_statement_rate(
+        &db.url,
+        "INSERT INTO bench.raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')",
+        args.clients,
+        args.seconds,
+    )
+    .await;
+    reset(&c).await;
+    let ours = single_statement_rate(
+        &db.url,
+        "SELECT commitq.enqueue('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')",
+        args.clients,
+        args.seconds,
+    )
+    .await;
+    rows.push(Row { workload: "single enqueue, own transaction".into(), system: "raw INSERT".into(), rate: raw, baseline: None });
+    rows.push(Row { workload: "single enqueue, own transaction".into(), system: "commitq.enqueue".into(), rate: ours, baseline: Some(raw) });
+
+    eprintln!("bulk enqueue of {} jobs ...", args.jobs);
+    reset(&c).await;
+    let raw = bulk_rate(
+        &c,
+        &format!(
+            "INSERT INTO bench.raw_jobs (queue, kind, args)
+             SELECT 'bench', 'noop', '{ARGS_40_BYTES}' FROM generate_series(1, $1::int)"
+        ),
+        args.jobs,
+    )
+    .await;
+    reset(&c).await;
+    let ours = bulk_rate(
+        &c,
+        &format!(
+            "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', array_fill('{ARGS_40_BYTES}'::jsonb, ARRAY[$1::int]))"
+        ),
+        args.jobs,
+    )
+    .await;
+    rows.push(Row { workload: format!("bulk enqueue of {}", args.jobs), system: "raw INSERT ... SELECT".into(), rate: raw, baseline: None });
+    rows.push(Row { workload: format!("bulk enqueue of {}", args.jobs), system: "commitq.enqueue_many".into(), rate: ours, baseline: Some(raw) });
+
+    eprintln!("drain of {} jobs by {} claimers ...", args.jobs, args.claimers);
+    let workload = format!("drain of {}, {} claimers", args.jobs, args.claimers);
+    let raw10 = raw_drain(&db.url, &c, &args, 10).await;
+    rows.push(Row { workload: workload.clone(), system: "raw claim-10-and-DELETE".into(), rate: raw10, baseline: None });
+    let raw100 = raw_drain(&db.url, &c, &args, 100).await;
+    rows.push(Row { workload: workload.clone(), system: "raw claim-100-and-DELETE".into(), rate: raw100, baseline: None });
+    for batch in [10, 100] {
+        let ours = commitq_drain(&db.url, &c, &args, batch).await;
+        rows.push(Row {
+            workload: workload.clone(),
+            system: format!("commitq claim {batch} + complete_many"),
+            rate: ours,
+            baseline: Some(raw10),
+        });
+    }
+
+    println!("\nPostgreSQL {version}, {} cores; ratios are against the raw baseline of the same workload.\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("| workload | system | jobs/s | vs raw |");
+    println!("|---|---|---:|---:|");
+    for r in &rows {
+        let ratio = r.baseline.map(|b| format!("{:.0}%", 100.0 * r.rate / b)).unwrap_or_else(|| "baseline".into());
+        println!("| {} | {} | {:.0} | {} |", r.workload, r.system, r.rate, ratio);
+    }
+}
