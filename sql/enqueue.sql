@@ -24,12 +24,17 @@ DECLARE
     v_run_at timestamptz := coalesce(enqueue.run_at, now());
     v_max_bytes integer;
     v_window interval;
+    v_problem text;
 BEGIN
     SELECT c.max_args_bytes, c.idempotency_window INTO v_max_bytes, v_window FROM commitq.config c;
-    PERFORM commitq._check(commitq._job_problem(
+    -- Checked inline rather than through commitq._check: this is the hot path.
+    v_problem := commitq._job_problem(
         enqueue.queue, enqueue.kind, jsonb_typeof(enqueue.args), pg_column_size(enqueue.args),
         v_max_bytes, enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
-        enqueue.idempotency_key, enqueue.concurrency_key));
+        enqueue.idempotency_key, enqueue.concurrency_key);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
+    END IF;
 
     enqueue.job_id := nextval('commitq.job_id_seq');
     enqueue.inserted := true;
@@ -67,7 +72,8 @@ BEGIN
             enqueue.idempotency_key, enqueue.concurrency_key);
 
     IF v_run_at <= now() THEN
-        PERFORM commitq._wake(enqueue.queue);
+        -- What commitq._wake does, inlined for the hot path.
+        PERFORM pg_notify('commitq:' || enqueue.queue, '');
     END IF;
 END
 $$;

@@ -59,12 +59,14 @@ const SETUP: &str = "
 const ARGS_40_BYTES: &str = r#"{"user_id": 123456, "template": "welcome"}"#;
 
 async fn reset(c: &Client) {
-    c.batch_execute(
-        "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys, bench.raw_jobs;
-         VACUUM ANALYZE commitq.jobs; VACUUM ANALYZE bench.raw_jobs;",
-    )
-    .await
-    .unwrap();
+    // One statement per call: VACUUM refuses the implicit transaction of a batch.
+    for sql in [
+        "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys, bench.raw_jobs",
+        "VACUUM ANALYZE commitq.jobs",
+        "VACUUM ANALYZE bench.raw_jobs",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
 }
 
 /// `clients` connections each run `sql` in its own transaction for `secs`.
@@ -135,11 +137,16 @@ async fn fill_commitq(c: &Client, jobs: usize) {
     c.execute(
         "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
              array_fill($2::jsonb, ARRAY[$1::int]))",
-        &[&(jobs as i32), &serde_json::from_str::<serde_json::Value>(ARGS_40_BYTES).unwrap()],
+        &[
+            &(jobs as i32),
+            &serde_json::from_str::<serde_json::Value>(ARGS_40_BYTES).unwrap(),
+        ],
     )
     .await
     .unwrap();
-    c.batch_execute("VACUUM ANALYZE commitq.jobs").await.unwrap();
+    c.batch_execute("VACUUM ANALYZE commitq.jobs")
+        .await
+        .unwrap();
 }
 
 async fn fill_raw(c: &Client, jobs: usize) {
@@ -152,7 +159,9 @@ async fn fill_raw(c: &Client, jobs: usize) {
     )
     .await
     .unwrap();
-    c.batch_execute("VACUUM ANALYZE bench.raw_jobs").await.unwrap();
+    c.batch_execute("VACUUM ANALYZE bench.raw_jobs")
+        .await
+        .unwrap();
 }
 
 async fn commitq_drain(url: &str, c: &Client, args: &Args, batch: i32) -> f64 {
@@ -171,9 +180,12 @@ async fn commitq_drain(url: &str, c: &Client, args: &Args, batch: i32) -> f64 {
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-        c.execute("SELECT count(*) FROM commitq.complete_many($1, $2)", &[&ids, &tokens])
-            .await
-            .unwrap();
+        c.execute(
+            "SELECT count(*) FROM commitq.complete_many($1, $2)",
+            &[&ids, &tokens],
+        )
+        .await
+        .unwrap();
         rows.len()
     })
     .await
@@ -182,18 +194,23 @@ async fn commitq_drain(url: &str, c: &Client, args: &Args, batch: i32) -> f64 {
 async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
     reset(c).await;
     fill_raw(c, args.jobs).await;
-    drain_rate(url, args.claimers, args.jobs, move |c, _worker| async move {
-        c.query(
-            "DELETE FROM bench.raw_jobs WHERE id IN (
+    drain_rate(
+        url,
+        args.claimers,
+        args.jobs,
+        move |c, _worker| async move {
+            c.query(
+                "DELETE FROM bench.raw_jobs WHERE id IN (
                  SELECT id FROM bench.raw_jobs WHERE queue = 'bench' AND run_at <= now()
                   ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, args",
-            &[&batch],
-        )
-        .await
-        .unwrap()
-        .len()
-    })
+                &[&batch],
+            )
+            .await
+            .unwrap()
+            .len()
+        },
+    )
     .await
 }
 
@@ -207,10 +224,17 @@ async fn main() {
     let db = TestDb::new("commitq_bench").await;
     let c = db.connect().await;
     c.batch_execute(SETUP).await.unwrap();
-    let version: String = c.query_one("SHOW server_version", &[]).await.unwrap().get(0);
+    let version: String = c
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
     let mut rows = Vec::new();
 
-    eprintln!("single enqueue, {} clients, {} s each ...", args.clients, args.seconds);
+    eprintln!(
+        "single enqueue, {} clients, {} s each ...",
+        args.clients, args.seconds
+    );
     reset(&c).await;
     let raw = single_statement_rate(
         &db.url,
@@ -227,8 +251,18 @@ async fn main() {
         args.seconds,
     )
     .await;
-    rows.push(Row { workload: "single enqueue, own transaction".into(), system: "raw INSERT".into(), rate: raw, baseline: None });
-    rows.push(Row { workload: "single enqueue, own transaction".into(), system: "commitq.enqueue".into(), rate: ours, baseline: Some(raw) });
+    rows.push(Row {
+        workload: "single enqueue, own transaction".into(),
+        system: "raw INSERT".into(),
+        rate: raw,
+        baseline: None,
+    });
+    rows.push(Row {
+        workload: "single enqueue, own transaction".into(),
+        system: "commitq.enqueue".into(),
+        rate: ours,
+        baseline: Some(raw),
+    });
 
     eprintln!("bulk enqueue of {} jobs ...", args.jobs);
     reset(&c).await;
@@ -250,15 +284,38 @@ async fn main() {
         args.jobs,
     )
     .await;
-    rows.push(Row { workload: format!("bulk enqueue of {}", args.jobs), system: "raw INSERT ... SELECT".into(), rate: raw, baseline: None });
-    rows.push(Row { workload: format!("bulk enqueue of {}", args.jobs), system: "commitq.enqueue_many".into(), rate: ours, baseline: Some(raw) });
+    rows.push(Row {
+        workload: format!("bulk enqueue of {}", args.jobs),
+        system: "raw INSERT ... SELECT".into(),
+        rate: raw,
+        baseline: None,
+    });
+    rows.push(Row {
+        workload: format!("bulk enqueue of {}", args.jobs),
+        system: "commitq.enqueue_many".into(),
+        rate: ours,
+        baseline: Some(raw),
+    });
 
-    eprintln!("drain of {} jobs by {} claimers ...", args.jobs, args.claimers);
+    eprintln!(
+        "drain of {} jobs by {} claimers ...",
+        args.jobs, args.claimers
+    );
     let workload = format!("drain of {}, {} claimers", args.jobs, args.claimers);
     let raw10 = raw_drain(&db.url, &c, &args, 10).await;
-    rows.push(Row { workload: workload.clone(), system: "raw claim-10-and-DELETE".into(), rate: raw10, baseline: None });
+    rows.push(Row {
+        workload: workload.clone(),
+        system: "raw claim-10-and-DELETE".into(),
+        rate: raw10,
+        baseline: None,
+    });
     let raw100 = raw_drain(&db.url, &c, &args, 100).await;
-    rows.push(Row { workload: workload.clone(), system: "raw claim-100-and-DELETE".into(), rate: raw100, baseline: None });
+    rows.push(Row {
+        workload: workload.clone(),
+        system: "raw claim-100-and-DELETE".into(),
+        rate: raw100,
+        baseline: None,
+    });
     for batch in [10, 100] {
         let ours = commitq_drain(&db.url, &c, &args, batch).await;
         rows.push(Row {
@@ -273,7 +330,13 @@ async fn main() {
     println!("| workload | system | jobs/s | vs raw |");
     println!("|---|---|---:|---:|");
     for r in &rows {
-        let ratio = r.baseline.map(|b| format!("{:.0}%", 100.0 * r.rate / b)).unwrap_or_else(|| "baseline".into());
-        println!("| {} | {} | {:.0} | {} |", r.workload, r.system, r.rate, ratio);
+        let ratio = r
+            .baseline
+            .map(|b| format!("{:.0}%", 100.0 * r.rate / b))
+            .unwrap_or_else(|| "baseline".into());
+        println!(
+            "| {} | {} | {:.0} | {} |",
+            r.workload, r.system, r.rate, ratio
+        );
     }
 }
