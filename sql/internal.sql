@@ -1,7 +1,7 @@
 -- Internal helpers shared by the public functions. None is granted to anyone:
 -- they run only inside commitq's own SECURITY DEFINER functions.
 --
--- SQLSTATEs raised by commitq (docs/errors.md lists them with examples):
+-- SQLSTATEs raised by commitq (README.md, "Errors", lists them):
 --   CQ001  invalid argument (NULL, bad name, bad args, out of range)
 --   CQ101  job not found
 --   CQ102  stale lease: the job is no longer running under this lease token
