@@ -46,6 +46,11 @@ is_running() {
     [ -f "$data/PG_VERSION" ] && run_as_owner "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1
 }
 
+# The port a running cluster actually listens on (line 4 of postmaster.pid).
+running_port() {
+    sed -n 4p "$data/postmaster.pid" 2>/dev/null
+}
+
 port_taken() {
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
 }
@@ -71,6 +76,10 @@ EOF
 
 start() {
     if is_running; then
+        if [ "$(running_port)" != "$port" ]; then
+            say "already running on port $(running_port), not $port: run dev/cluster.sh stop first to change port"
+            exit 1
+        fi
         say "already running on port $port ($data)"
         return
     fi
@@ -97,9 +106,10 @@ case "${1:-status}" in
     start) start ;;
     stop) stop ;;
     status)
-        if is_running; then echo "running on port $port, data $data"; else echo "stopped"; exit 3; fi ;;
+        if is_running; then echo "running on port $(running_port), data $data"; else echo "stopped"; exit 3; fi ;;
     env)
         # For eval: the libpq variables and a URL the Rust tests read.
+        if is_running; then port=$(running_port); fi
         echo "export PGHOST='$sock' PGPORT='$port' PGUSER=postgres"
         echo "export COMMITQ_DATABASE_URL='host=$sock port=$port user=postgres dbname=postgres'" ;;
     psql) shift; exec "$bindir/psql" -h "$sock" -p "$port" -U postgres -v ON_ERROR_STOP=1 "$@" ;;
