@@ -10,14 +10,23 @@
 -- Roles belong to the cluster, not the database, so a second database that
 -- installs commitq reuses them.
 
+-- Two databases installing commitq at the same moment both see a role
+-- missing and both create it: the loser waits, gets duplicate_object or
+-- unique_violation, and looks again (if the winner rolled back, the role is
+-- still missing and this transaction creates it).
 DO $$
 DECLARE
     r text;
 BEGIN
     FOREACH r IN ARRAY ARRAY['commitq_producer', 'commitq_worker', 'commitq_operator'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
-        END IF;
+        FOR attempt IN 1..5 LOOP
+            EXIT WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END LOOP;
     END LOOP;
 END
 $$;

@@ -39,3 +39,18 @@ async fn a_job_committed_on_one_connection_is_claimed_on_another() {
         serde_json::json!({"user": 7})
     );
 }
+
+/// Installing the extension in several databases at once must not fail on
+/// the roles they share. On a fresh cluster (as in CI) this races to create
+/// the roles; `sql/security.sql` makes the loser look again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_installs_share_the_cluster_roles() {
+    let installs: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(async move { TestDb::new(&format!("t_foundation_install_{i}")).await })
+        })
+        .collect();
+    for install in installs {
+        install.await.expect("install succeeded");
+    }
+}
