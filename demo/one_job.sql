@@ -1,4 +1,4 @@
-set VERBOSITY terse
+\set VERBOSITY terse
 \pset footer off
 \echo
 \echo '1. A request enqueues a job in its own transaction, together with its data:'

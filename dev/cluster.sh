@@ -116,7 +116,7 @@ case "${1:-status}" in
     createdb)
         # A fresh database with the extension, replacing any of that name.
         name=${2:?database name}
-        "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d postgres \
+        PGOPTIONS="-c client_min_messages=warning" "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d postgres \
             -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" -c "CREATE DATABASE \"$name\""
         "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d "$name" \
             -c "CREATE EXTENSION pg_commitq" ;;
