@@ -74,5 +74,14 @@ BEGIN
     RETURNING j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
               j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
               j.idempotency_key, j.errors;
+
+    -- A claim that found nothing registers the worker as waiting, so that
+    -- enqueues to this queue send it a NOTIFY; one that found work clears it.
+    IF FOUND THEN
+        DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
+    ELSE
+        INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
+        ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
+    END IF;
 END
 $$;

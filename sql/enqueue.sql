@@ -22,24 +22,23 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_run_at timestamptz := coalesce(enqueue.run_at, now());
-    v_max_bytes integer;
     v_window interval;
     v_problem text;
 BEGIN
-    SELECT c.max_args_bytes, c.idempotency_window INTO v_max_bytes, v_window FROM commitq.config c;
-    -- Checked inline rather than through commitq._check: this is the hot path.
+    -- This is the hot path of every producer: the checks are one C call and
+    -- an inline RAISE, and commitq.config is read only when a key needs it.
     v_problem := commitq._job_problem(
         enqueue.queue, enqueue.kind, jsonb_typeof(enqueue.args), pg_column_size(enqueue.args),
-        v_max_bytes, enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
+        enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
         enqueue.idempotency_key, enqueue.concurrency_key);
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
     END IF;
 
-    enqueue.job_id := nextval('commitq.job_id_seq');
     enqueue.inserted := true;
-
     IF enqueue.idempotency_key IS NOT NULL THEN
+        SELECT c.idempotency_window INTO v_window FROM commitq.config c;
+        enqueue.job_id := nextval('commitq.job_id_seq');
         LOOP
             -- The primary key of idempotency_keys decides. A concurrent enqueue
             -- of the same key waits here until the other transaction commits
@@ -64,15 +63,18 @@ BEGIN
         END LOOP;
     END IF;
 
-    INSERT INTO commitq.jobs (id, queue, kind, args, state, priority, run_at, max_attempts,
-                              idempotency_key, concurrency_key)
-    VALUES (enqueue.job_id, enqueue.queue, enqueue.kind, enqueue.args,
+    INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
+                                   idempotency_key, concurrency_key)
+    VALUES (coalesce(enqueue.job_id, nextval('commitq.job_id_seq')), enqueue.queue, enqueue.kind,
+            enqueue.args,
             CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
             enqueue.priority, v_run_at, enqueue.max_attempts,
-            enqueue.idempotency_key, enqueue.concurrency_key);
+            enqueue.idempotency_key, enqueue.concurrency_key)
+    RETURNING j.id INTO enqueue.job_id;
 
-    IF v_run_at <= now() THEN
-        -- What commitq._wake does, inlined for the hot path.
+    -- What commitq._wake does, inlined for the hot path.
+    IF v_run_at <= now()
+       AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = enqueue.queue) THEN
         PERFORM pg_notify('commitq:' || enqueue.queue, '');
     END IF;
 END
@@ -89,31 +91,16 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_max_bytes integer;
-    v_bad bigint;
-    v_problem text;
     v_ords bigint[];
     v_ids bigint[];
     v_inserted boolean[];
     r record;
     e record;
 BEGIN
-    SELECT c.max_args_bytes INTO v_max_bytes FROM commitq.config c;
-
     -- Validate every job before writing any, so a bad one changes nothing.
-    SELECT t.ord, commitq._job_problem(t.q, t.k, jsonb_typeof(t.a), pg_column_size(t.a), v_max_bytes,
-                                       t.p, t.m, isfinite(coalesce(t.r, now())), t.ik, t.ck)
-      INTO v_bad, v_problem
-      FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys)
-           WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, ord)
-     WHERE commitq._job_problem(t.q, t.k, jsonb_typeof(t.a), pg_column_size(t.a), v_max_bytes,
-                                t.p, t.m, isfinite(coalesce(t.r, now())), t.ik, t.ck) IS NOT NULL
-     ORDER BY t.ord
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'commitq: job % of the batch: %', v_bad, v_problem
-            USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
-    END IF;
+    PERFORM commitq._batch_job_ok(t.ord, t.q, t.k, t.a, t.p, coalesce(t.r, now()), t.m, t.ik, t.ck)
+       FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys)
+            WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, ord);
 
     -- Jobs without an idempotency key: one INSERT.
     WITH input AS MATERIALIZED (
@@ -163,9 +150,32 @@ BEGIN
 END
 $$;
 
+-- Raise CQ001 for job `ord` of a batch if it has a problem; true otherwise.
+-- Called only for the rows the cheap inline checks of the bulk path cannot
+-- clear, so the common row pays no PL/pgSQL call.
+CREATE FUNCTION commitq._batch_job_ok(
+    p_ord bigint, p_queue text, p_kind text, p_args jsonb, p_priority integer,
+    p_run_at timestamptz, p_max_attempts integer, p_ikey text, p_ckey text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problem text := commitq._job_problem(p_queue, p_kind, jsonb_typeof(p_args), pg_column_size(p_args),
+                                           p_priority, p_max_attempts, isfinite(p_run_at), p_ikey, p_ckey);
+BEGIN
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'commitq: job % of the batch: %', p_ord, v_problem
+            USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- Insert many jobs of one queue and kind: args[i] is job i's args; the keys
--- arrays, when given, hold job i's keys (NULL elements for none). One
--- statement. Returns (job_id, inserted) per job, in input order.
+-- arrays, when given, hold job i's keys (NULL elements for none). Returns
+-- (job_id, inserted) per job, in input order. Without idempotency keys it is
+-- one INSERT ... SELECT, the fastest way into the queue.
 CREATE FUNCTION commitq.enqueue_many(
     queue text,
     kind text,
@@ -179,8 +189,12 @@ RETURNS TABLE (job_id bigint, inserted boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     n integer := coalesce(cardinality(enqueue_many.args), 0);
+    v_run_at timestamptz := coalesce(enqueue_many.run_at, now());
+    v_problem text;
+    v_max integer;
 BEGIN
     PERFORM commitq._check(CASE
         WHEN enqueue_many.args IS NULL THEN 'args must not be NULL'
@@ -188,15 +202,49 @@ BEGIN
             THEN 'idempotency_keys must have one element per job'
         WHEN cardinality(enqueue_many.concurrency_keys) <> n
             THEN 'concurrency_keys must have one element per job' END);
-    RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
-        array_fill(enqueue_many.queue, ARRAY[n]),
-        array_fill(enqueue_many.kind, ARRAY[n]),
-        enqueue_many.args,
-        array_fill(enqueue_many.priority, ARRAY[n]),
-        array_fill(enqueue_many.run_at, ARRAY[n]),
-        array_fill(enqueue_many.max_attempts, ARRAY[n]),
-        enqueue_many.idempotency_keys,
-        coalesce(enqueue_many.concurrency_keys, array_fill(NULL::text, ARRAY[n])));
+
+    IF enqueue_many.idempotency_keys IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
+            array_fill(enqueue_many.queue, ARRAY[n]),
+            array_fill(enqueue_many.kind, ARRAY[n]),
+            enqueue_many.args,
+            array_fill(enqueue_many.priority, ARRAY[n]),
+            array_fill(enqueue_many.run_at, ARRAY[n]),
+            array_fill(enqueue_many.max_attempts, ARRAY[n]),
+            enqueue_many.idempotency_keys,
+            enqueue_many.concurrency_keys);
+        RETURN;
+    END IF;
+
+    -- What is the same for every job is checked once...
+    v_problem := commitq._job_problem(enqueue_many.queue, enqueue_many.kind, 'object', 0,
+                                      enqueue_many.priority, enqueue_many.max_attempts,
+                                      isfinite(v_run_at), NULL, NULL);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
+    END IF;
+    v_max := commitq._max_args_bytes();
+
+    -- ...and each job's args inline; a row that fails the inline check gets
+    -- the full check, which raises and so rejects the whole statement.
+    RETURN QUERY
+    INSERT INTO commitq.jobs AS j (queue, kind, args, state, priority, run_at, max_attempts,
+                                   concurrency_key)
+    SELECT enqueue_many.queue, enqueue_many.kind, t.a,
+           CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+           enqueue_many.priority, v_run_at, enqueue_many.max_attempts, t.ck
+      FROM unnest(enqueue_many.args, enqueue_many.concurrency_keys) WITH ORDINALITY AS t(a, ck, ord)
+     WHERE CASE WHEN jsonb_typeof(t.a) = 'object' AND pg_column_size(t.a) <= v_max AND t.ck IS NULL
+                THEN true
+                ELSE commitq._batch_job_ok(t.ord, enqueue_many.queue, enqueue_many.kind, t.a,
+                                           enqueue_many.priority, v_run_at, enqueue_many.max_attempts,
+                                           NULL, t.ck) END
+     ORDER BY t.ord
+    RETURNING j.id, true;
+
+    IF n > 0 AND v_run_at <= now() THEN
+        PERFORM commitq._wake(enqueue_many.queue);
+    END IF;
 END
 $$;
 

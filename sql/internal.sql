@@ -127,11 +127,13 @@ AS $$
               FROM commitq.config c) s
 $$;
 
--- Wake workers waiting on a queue. Delivered at commit; Postgres folds
--- identical notifications of one transaction into one.
+-- Wake workers waiting on a queue: NOTIFY "commitq:<queue>", delivered at
+-- commit, when a worker of that queue is waiting (see waiting_workers in
+-- schema.sql). Postgres folds identical notifications of one transaction.
 CREATE FUNCTION commitq._wake(p_queue text) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.pg_notify('commitq:' || p_queue, '')
+     WHERE EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = p_queue)
 $$;

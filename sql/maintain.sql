@@ -90,5 +90,9 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO pruned_keys FROM gone;
+
+    -- A worker that stopped without claiming again stays registered as
+    -- waiting; forget it after a while (it only costs needless NOTIFYs).
+    DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';
 END
 $$;

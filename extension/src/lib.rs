@@ -6,9 +6,15 @@
 
 use pgrx::prelude::*;
 
+mod settings;
 mod validate;
 
 ::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::define();
+}
 
 // Tables, types, sequences and settings come first; everything else builds on them.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
@@ -102,48 +108,47 @@ mod tests {
         let problem = |args: &str| -> Option<String> {
             Spi::get_one::<String>(&format!("SELECT commitq._job_problem({args})")).unwrap()
         };
-        let ok =
-            "'emails', 'Billing::Charge', 'object', 10, 100, 0, 25, true, 'order-1', 'account:42'";
+        let ok = "'emails', 'Billing::Charge', 'object', 10, 0, 25, true, 'order-1', 'account:42'";
         assert_eq!(problem(ok), None);
         let cases = [
             (
-                "NULL, 'k', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "NULL, 'k', 'object', 1, 0, 25, true, NULL, NULL",
                 "queue must not be NULL",
             ),
             (
-                "'Q', 'k', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "'Q', 'k', 'object', 1, 0, 25, true, NULL, NULL",
                 "invalid queue name",
             ),
             (
-                "'q', 'a b', 'object', 1, 100, 0, 25, true, NULL, NULL",
+                "'q', 'a b', 'object', 1, 0, 25, true, NULL, NULL",
                 "invalid kind",
             ),
             (
-                "'q', 'k', 'array', 1, 100, 0, 25, true, NULL, NULL",
+                "'q', 'k', 'array', 1, 0, 25, true, NULL, NULL",
                 "args must be a JSON object",
             ),
             (
-                "'q', 'k', 'object', 101, 100, 0, 25, true, NULL, NULL",
+                "'q', 'k', 'object', 2000000, 0, 25, true, NULL, NULL",
                 "args too large",
             ),
             (
-                "'q', 'k', 'object', 1, 100, 32768, 25, true, NULL, NULL",
+                "'q', 'k', 'object', 1, 32768, 25, true, NULL, NULL",
                 "priority 32768 out of range",
             ),
             (
-                "'q', 'k', 'object', 1, 100, 0, 0, true, NULL, NULL",
+                "'q', 'k', 'object', 1, 0, 0, true, NULL, NULL",
                 "max_attempts 0 out of range",
             ),
             (
-                "'q', 'k', 'object', 1, 100, 0, 25, false, NULL, NULL",
+                "'q', 'k', 'object', 1, 0, 25, false, NULL, NULL",
                 "run_at must be a finite",
             ),
             (
-                "'q', 'k', 'object', 1, 100, 0, 25, true, '', NULL",
+                "'q', 'k', 'object', 1, 0, 25, true, '', NULL",
                 "invalid idempotency_key",
             ),
             (
-                "'q', 'k', 'object', 1, 100, 0, 25, true, NULL, E'a\\tb'",
+                "'q', 'k', 'object', 1, 0, 25, true, NULL, E'a\\tb'",
                 "invalid concurrency_key",
             ),
         ];

@@ -61,13 +61,12 @@ pub fn key_problem(what: &str, key: &str) -> Option<String> {
 /// Everything that can be wrong with one job, as a message, or NULL when the
 /// job may be enqueued. The caller raises SQLSTATE CQ001 with the message.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe, name = "_job_problem")]
+#[pg_extern(stable, parallel_safe, name = "_job_problem")]
 pub fn job_problem(
     queue: Option<&str>,
     kind: Option<&str>,
     args_type: Option<&str>,
     args_bytes: Option<i32>,
-    max_args_bytes: i32,
     priority: Option<i32>,
     max_attempts: Option<i32>,
     run_at_finite: Option<bool>,
@@ -88,9 +87,10 @@ pub fn job_problem(
         Some("object") => {}
         Some(other) => return Some(format!("args must be a JSON object, not {other}")),
     }
+    let max_args_bytes = crate::settings::MAX_ARGS_BYTES.get();
     if let Some(bytes) = args_bytes.filter(|b| *b > max_args_bytes) {
         return Some(format!(
-            "args too large: {bytes} bytes, limit is {max_args_bytes} (commitq.config.max_args_bytes)"
+            "args too large: {bytes} bytes, limit is {max_args_bytes} (setting commitq.max_args_bytes)"
         ));
     }
     match priority {

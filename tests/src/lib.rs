@@ -24,6 +24,30 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// Open a connection whose notifications (LISTEN/NOTIFY) arrive on the
+/// returned channel.
+pub async fn connect_listening(
+    url: &str,
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    use futures_util::{stream, StreamExt};
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}
+
 /// A database of one test's own, with the extension installed.
 pub struct TestDb {
     pub name: String,

@@ -615,3 +615,88 @@ async fn cancel_and_retry_follow_the_job_through_its_states() {
         .unwrap();
     assert_eq!(failed.get::<_, String>(0), "cancelled");
 }
+
+/// A worker whose claim came back empty is woken by a NOTIFY on
+/// "commitq:<queue>" when a producer commits a job, not before; a queue with
+/// no waiting worker gets no NOTIFY (so busy producers keep group commit).
+#[tokio::test]
+async fn waiting_workers_are_notified_at_commit_and_only_then() {
+    use tokio::time::timeout;
+    let db = TestDb::new("t_core_notify").await;
+    let producer = db.connect().await;
+    let (worker, mut notes) = commitq_tests::connect_listening(&db.url).await;
+    worker
+        .batch_execute("LISTEN \"commitq:mail\"")
+        .await
+        .unwrap();
+    let quiet = Duration::from_millis(300);
+
+    // No worker has found the queue empty yet: nobody waits, nothing is sent.
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "notified with nobody waiting"
+    );
+
+    // The worker takes that job (and so is busy), then finds the queue empty.
+    assert_eq!(
+        worker
+            .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(worker
+        .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Now an enqueue wakes it, at commit and not before.
+    producer
+        .batch_execute("BEGIN; SELECT commitq.enqueue('mail', 'k');")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "notified before commit"
+    );
+    producer.batch_execute("COMMIT").await.unwrap();
+    let note = timeout(Duration::from_secs(5), notes.recv())
+        .await
+        .expect("woken at commit")
+        .unwrap();
+    assert_eq!(note.channel(), "commitq:mail");
+
+    // A rolled-back enqueue wakes nobody.
+    producer
+        .batch_execute("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "notified by a rollback"
+    );
+
+    // Once the worker claims work again, it is busy: no more wake-ups.
+    assert_eq!(
+        worker
+            .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "notified a busy worker"
+    );
+}
