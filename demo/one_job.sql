@@ -21,7 +21,8 @@ BEGIN;
 UPDATE public.purchases SET course = course || ' (delivered)' WHERE id = 1;
 SELECT commitq.complete(:job_id, :lease_token);
 COMMIT;
-SELECT id, state, attempt, lease_token, finished_at - enqueued_at AS took FROM commitq.finished_jobs;
+SELECT (SELECT count(*) FROM commitq.jobs) AS jobs_left_in_queue,
+       (SELECT course FROM public.purchases WHERE id = 1) AS purchase;
 \echo '5. A late call with the same (now stale) lease token is refused:'
 \set ON_ERROR_STOP 0
 SELECT commitq.complete(:job_id, :lease_token);

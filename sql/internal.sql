@@ -39,6 +39,12 @@ BEGIN
             RAISE EXCEPTION 'commitq: stale lease: job % is already %', p_job_id, f
                 USING ERRCODE = 'CQ102';
         END IF;
+        -- Completed jobs are deleted unless keep_completed is on: an id the
+        -- sequence has handed out is a job that was, so its lease is stale.
+        IF p_job_id <= (SELECT s.last_value FROM commitq.job_id_seq s) THEN
+            RAISE EXCEPTION 'commitq: stale lease: job % is no longer live (completed, or finished and pruned)',
+                p_job_id USING ERRCODE = 'CQ102';
+        END IF;
         RAISE EXCEPTION 'commitq: job % not found', p_job_id USING ERRCODE = 'CQ101';
     END IF;
     IF j.state <> 'running' OR j.lease_token <> p_lease_token THEN

@@ -3,6 +3,45 @@
 -- and does nothing but raise when that lease is not the job's current, live
 -- lease: CQ102 (stale: the job moved on) or CQ103 (expired).
 
+-- Complete every job of the batch whose (job_id, lease_token) is its
+-- current, live lease; return the ids completed. Completed jobs are deleted,
+-- or moved to finished_jobs when commitq.config.keep_completed is on.
+CREATE FUNCTION commitq._complete_leased(p_ids bigint[], p_tokens bigint[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done bigint[];
+BEGIN
+    IF (SELECT c.keep_completed FROM commitq.config c) THEN
+        -- Lock in id order so that two overlapping batches cannot deadlock.
+        SELECT coalesce(array_agg(l.id), '{}') INTO v_done
+          FROM (SELECT j.id
+                  FROM commitq.jobs j
+                 WHERE j.id = ANY (p_ids)
+                   AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+                   AND j.state = 'running' AND j.lease_expires_at > clock_timestamp()
+                 ORDER BY j.id
+                   FOR UPDATE OF j) l;
+        PERFORM commitq._move_to_finished(v_done, 'completed');
+    ELSE
+        -- One statement: the lease check and the delete. `id = ANY` first, so
+        -- the plan looks the batch up by primary key whatever the statistics
+        -- say about running jobs.
+        WITH gone AS (
+            DELETE FROM commitq.jobs j
+             WHERE j.id = ANY (p_ids)
+               AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+               AND j.state = 'running' AND j.lease_expires_at > clock_timestamp()
+            RETURNING j.id
+        )
+        SELECT coalesce(array_agg(gone.id), '{}') INTO v_done FROM gone;
+    END IF;
+    RETURN v_done;
+END
+$$;
+
 -- Finish a job successfully. Call it in the transaction that makes the job's
 -- own database writes: they commit together, or neither does.
 CREATE FUNCTION commitq.complete(job_id bigint, lease_token bigint)
@@ -11,8 +50,9 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM commitq._locked_lease(complete.job_id, complete.lease_token);
-    PERFORM commitq._move_to_finished(ARRAY[complete.job_id], 'completed');
+    IF cardinality(commitq._complete_leased(ARRAY[complete.job_id], ARRAY[complete.lease_token])) = 0 THEN
+        PERFORM commitq._lease_error(complete.job_id, complete.lease_token);
+    END IF;
 END
 $$;
 
@@ -32,20 +72,7 @@ BEGIN
             THEN 'job_ids and lease_tokens must not be NULL'
         WHEN cardinality(complete_many.job_ids) <> cardinality(complete_many.lease_tokens)
             THEN 'job_ids and lease_tokens must have the same length' END);
-
-    -- Lock the jobs whose lease is current, in id order so that two
-    -- overlapping batches cannot deadlock.
-    SELECT coalesce(array_agg(l.id), '{}') INTO v_ok
-      FROM (SELECT j.id
-              FROM commitq.jobs j
-              JOIN unnest(complete_many.job_ids, complete_many.lease_tokens) AS t(id, token)
-                ON j.id = t.id AND j.lease_token = t.token
-             WHERE j.state = 'running' AND j.lease_expires_at > clock_timestamp()
-             ORDER BY j.id
-               FOR UPDATE OF j) l;
-
-    PERFORM commitq._move_to_finished(v_ok, 'completed');
-
+    v_ok := commitq._complete_leased(complete_many.job_ids, complete_many.lease_tokens);
     RETURN QUERY
         SELECT t.id, t.id = ANY (v_ok)
           FROM unnest(complete_many.job_ids) WITH ORDINALITY AS t(id, ord)

@@ -53,6 +53,7 @@ GRANT EXECUTE ON FUNCTION
     commitq.claim(text, text, integer, interval),
     commitq.complete(bigint, bigint),
     commitq.complete_many(bigint[], bigint[]),
+    commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval),
     commitq.fail(bigint, bigint, text, interval, boolean),
     commitq.heartbeat(bigint, bigint, interval),
     commitq.snooze(bigint, bigint, interval),

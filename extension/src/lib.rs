@@ -62,23 +62,31 @@ mod tests {
             .unwrap_or_else(|| panic!("{sql}: returned NULL"))
     }
 
-    /// One backend can run a job's whole life: enqueue, claim, complete.
+    /// One backend can run a job's whole life: enqueue, claim, complete. A
+    /// completed job leaves the queue, and is archived only when asked to.
     #[pg_test]
     fn enqueue_claim_complete_in_one_backend() {
-        let id: i64 = scalar("SELECT job_id FROM commitq.enqueue('mail', 'send', '{\"to\": 1}')");
-        let (claimed, token): (Option<i64>, Option<i64>) = Spi::get_two(
-            "SELECT job_id, lease_token FROM commitq.claim('mail', 'w1', 10, '1 minute')",
-        )
-        .unwrap();
-        assert_eq!(claimed, Some(id));
-        let token = token.unwrap();
-        Spi::run(&format!("SELECT commitq.complete({id}, {token})")).unwrap();
-        let state: String = scalar(&format!(
-            "SELECT state::text FROM commitq.finished_jobs WHERE id = {id}"
-        ));
-        assert_eq!(state, "completed");
-        let live: i64 = scalar("SELECT count(*) FROM commitq.jobs");
-        assert_eq!(live, 0);
+        for keep in [false, true] {
+            Spi::run(&format!(
+                "UPDATE commitq.config SET keep_completed = {keep}"
+            ))
+            .unwrap();
+            let id: i64 =
+                scalar("SELECT job_id FROM commitq.enqueue('mail', 'send', '{\"to\": 1}')");
+            let (claimed, token): (Option<i64>, Option<i64>) = Spi::get_two(
+                "SELECT job_id, lease_token FROM commitq.claim('mail', 'w1', 10, '1 minute')",
+            )
+            .unwrap();
+            assert_eq!(claimed, Some(id));
+            let token = token.unwrap();
+            Spi::run(&format!("SELECT commitq.complete({id}, {token})")).unwrap();
+            let live: i64 = scalar("SELECT count(*) FROM commitq.jobs");
+            assert_eq!(live, 0);
+            let archived: i64 = scalar(&format!(
+                "SELECT count(*) FROM commitq.finished_jobs WHERE id = {id} AND state = 'completed'"
+            ));
+            assert_eq!(archived, i64::from(keep));
+        }
     }
 
     /// A second claim hands out a larger lease token for the same job.

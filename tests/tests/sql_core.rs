@@ -26,6 +26,11 @@ async fn table_state(c: &Client) -> String {
 async fn eight_claimers_drain_ten_thousand_jobs_each_completed_once() {
     let db = TestDb::new("t_core_drain").await;
     let setup = db.connect().await;
+    // Keep completed jobs, to check each one's bookkeeping afterwards.
+    setup
+        .batch_execute("UPDATE commitq.config SET keep_completed = true")
+        .await
+        .unwrap();
     setup
         .execute(
             "SELECT count(*) FROM commitq.enqueue_many('drain', 'noop',
@@ -80,8 +85,12 @@ async fn eight_claimers_drain_ten_thousand_jobs_each_completed_once() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 0);
-    assert_eq!(row.get::<_, i64>(1), 10_000);
+    assert_eq!(row.get::<_, i64>(0), 0, "nothing left in the queue");
+    assert_eq!(
+        row.get::<_, i64>(1),
+        10_000,
+        "each completed on its first attempt"
+    );
 }
 
 #[tokio::test]

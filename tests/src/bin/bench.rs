@@ -5,6 +5,7 @@
 //!     make bench                 # full run
 //!     cargo run --release -p commitq-tests --bin bench -- --quick
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,31 +165,84 @@ async fn fill_raw(c: &Client, jobs: usize) {
         .unwrap();
 }
 
-async fn commitq_drain(url: &str, c: &Client, args: &Args, batch: i32) -> f64 {
+/// How a commitq drain worker talks to the queue.
+#[derive(Clone, Copy, Debug)]
+enum Drain {
+    /// `claim`, then `complete_many`: two transactions per batch.
+    ClaimThenComplete,
+    /// `complete_and_claim`: the previous batch's completion and the next
+    /// claim in one transaction.
+    CompleteAndClaim,
+}
+
+async fn commitq_drain(
+    url: &str,
+    c: &Client,
+    args: &Args,
+    batch: i32,
+    how: Drain,
+    keep_completed: bool,
+) -> f64 {
     reset(c).await;
-    fill_commitq(c, args.jobs).await;
-    drain_rate(url, args.claimers, args.jobs, move |c, worker| async move {
-        let rows = c
-            .query(
-                "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
-                &[&worker, &batch],
-            )
-            .await
-            .unwrap();
-        if rows.is_empty() {
-            return 0;
-        }
-        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-        c.execute(
-            "SELECT count(*) FROM commitq.complete_many($1, $2)",
-            &[&ids, &tokens],
-        )
-        .await
-        .unwrap();
-        rows.len()
-    })
+    c.execute(
+        "UPDATE commitq.config SET keep_completed = $1",
+        &[&keep_completed],
+    )
     .await
+    .unwrap();
+    fill_commitq(c, args.jobs).await;
+    // Each claimer remembers the batch it has run but not yet completed.
+    let held: Arc<std::sync::Mutex<HashMap<String, (Vec<i64>, Vec<i64>)>>> = Default::default();
+    let rate = drain_rate(url, args.claimers, args.jobs, move |c, worker| {
+        let held = held.clone();
+        async move {
+            let rows = match how {
+                Drain::ClaimThenComplete => {
+                    c.query(
+                        "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
+                        &[&worker, &batch],
+                    )
+                    .await
+                    .unwrap()
+                }
+                Drain::CompleteAndClaim => {
+                    let (ids, tokens) = held.lock().unwrap().remove(&worker).unwrap_or_default();
+                    c.query(
+                        "SELECT job_id, lease_token FROM commitq.complete_and_claim($1, $2, 'bench', $3, $4, '5 minutes')",
+                        &[&ids, &tokens, &worker, &batch],
+                    )
+                    .await
+                    .unwrap()
+                }
+            };
+            if rows.is_empty() {
+                return 0;
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+            match how {
+                Drain::ClaimThenComplete => {
+                    c.execute("SELECT count(*) FROM commitq.complete_many($1, $2)", &[&ids, &tokens])
+                        .await
+                        .unwrap();
+                }
+                Drain::CompleteAndClaim => {
+                    held.lock().unwrap().insert(worker, (ids, tokens));
+                }
+            }
+            rows.len()
+        }
+    })
+    .await;
+    // A complete_and_claim worker stops on the call that completed its last
+    // batch and found nothing more: the queue must be empty.
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM commitq.jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "every job completed");
+    rate
 }
 
 async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
@@ -316,11 +370,21 @@ async fn main() {
         rate: raw100,
         baseline: None,
     });
-    for batch in [10, 100] {
-        let ours = commitq_drain(&db.url, &c, &args, batch).await;
+    for (batch, how, keep) in [
+        (10, Drain::ClaimThenComplete, false),
+        (10, Drain::CompleteAndClaim, false),
+        (100, Drain::CompleteAndClaim, false),
+        (10, Drain::CompleteAndClaim, true),
+    ] {
+        let ours = commitq_drain(&db.url, &c, &args, batch, how, keep).await;
+        let (call, kept) = match how {
+            Drain::ClaimThenComplete => (format!("claim {batch} + complete_many"), ""),
+            Drain::CompleteAndClaim => (format!("complete_and_claim {batch}"), ""),
+        };
+        let kept = if keep { ", keep_completed" } else { kept };
         rows.push(Row {
             workload: workload.clone(),
-            system: format!("commitq claim {batch} + complete_many"),
+            system: format!("commitq {call}{kept}"),
             rate: ours,
             baseline: Some(raw10),
         });
