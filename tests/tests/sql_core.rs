@@ -709,3 +709,84 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
         "notified a busy worker"
     );
 }
+
+/// enqueue_many returns one row per job, in input order, ids increasing.
+#[tokio::test]
+async fn bulk_enqueue_returns_jobs_in_input_order() {
+    let db = TestDb::new("t_core_bulk_order").await;
+    let c = db.connect().await;
+    let rows = c
+        .query(
+            "SELECT job_id, inserted FROM commitq.enqueue_many('q', 'k',
+                 (SELECT array_agg(jsonb_build_object('n', i) ORDER BY i) FROM generate_series(1, 5000) i))",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5000);
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase in input order"
+    );
+    assert!(rows.iter().all(|r| r.get::<_, bool>(1)));
+    let mismatched: i64 = c
+        .query_one(
+            "SELECT count(*) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, n)
+               JOIN commitq.jobs j ON j.id = t.id WHERE (j.args->>'n')::bigint <> t.n",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mismatched, 0, "job k of the result carries args k");
+}
+
+/// complete_and_claim completes what it still holds under a live lease,
+/// skips (with a warning) what it lost, and claims the next batch.
+#[tokio::test]
+async fn complete_and_claim_completes_live_leases_and_claims_more() {
+    let db = TestDb::new("t_core_complete_and_claim").await;
+    let c = db.connect().await;
+    c.batch_execute(
+        "SELECT count(*) FROM commitq.enqueue_many('q', 'k', array_fill('{}'::jsonb, ARRAY[4]))",
+    )
+    .await
+    .unwrap();
+    let first = c
+        .query(
+            "SELECT job_id, lease_token FROM commitq.claim('q', 'w', 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = first.iter().map(|r| r.get(0)).collect();
+    let tokens: Vec<i64> = first.iter().map(|r| r.get(1)).collect();
+    // The lease of the first job runs out before the worker reports.
+    c.execute(
+        "UPDATE commitq.jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        &[&ids[0]],
+    )
+    .await
+    .unwrap();
+    let next = c
+        .query(
+            "SELECT job_id FROM commitq.complete_and_claim($1, $2, 'q', 'w', 10)",
+            &[&ids, &tokens],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 2, "the two waiting jobs");
+    let left: Vec<i64> = c
+        .query("SELECT id FROM commitq.jobs WHERE id = ANY($1)", &[&ids])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        left,
+        vec![ids[0]],
+        "the expired one is not completed, the live one is"
+    );
+}
