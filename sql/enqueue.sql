@@ -24,6 +24,7 @@ DECLARE
     v_run_at timestamptz := coalesce(enqueue.run_at, now());
     v_window interval;
     v_problem text;
+    v_wake boolean;
 BEGIN
     -- This is the hot path of every producer: the checks are one C call and
     -- an inline RAISE, and commitq.config is read only when a key needs it.
@@ -63,6 +64,8 @@ BEGIN
         END LOOP;
     END IF;
 
+    -- The insert also tells whether a worker waits for this queue, so the
+    -- common path is a single statement.
     INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
                                    idempotency_key, concurrency_key)
     VALUES (coalesce(enqueue.job_id, nextval('commitq.job_id_seq')), enqueue.queue, enqueue.kind,
@@ -70,11 +73,13 @@ BEGIN
             CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
             enqueue.priority, v_run_at, enqueue.max_attempts,
             enqueue.idempotency_key, enqueue.concurrency_key)
-    RETURNING j.id INTO enqueue.job_id;
+    RETURNING j.id,
+              v_run_at <= now()
+              AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = enqueue.queue)
+         INTO enqueue.job_id, v_wake;
 
     -- What commitq._wake does, inlined for the hot path.
-    IF v_run_at <= now()
-       AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = enqueue.queue) THEN
+    IF v_wake THEN
         PERFORM pg_notify('commitq:' || enqueue.queue, '');
     END IF;
 END

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use commitq_tests::{connect, TestDb};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure commitq against raw-SQL baselines on the project-local cluster")]
@@ -101,23 +101,30 @@ async fn bulk_rate(c: &Client, sql: &str, jobs: usize) -> f64 {
 }
 
 /// `claimers` connections run `step` until it returns 0; jobs per second.
-async fn drain_rate<F, Fut>(url: &str, claimers: usize, jobs: usize, step: F) -> f64
+/// Each connection prepares `sqls` once and hands them to every step, as a
+/// real worker would, so no step pays a parse round trip.
+async fn drain_rate<F, Fut>(url: &str, claimers: usize, jobs: usize, sqls: &[&str], step: F) -> f64
 where
-    F: Fn(Arc<Client>, String) -> Fut + Send + Sync + Clone + 'static,
+    F: Fn(Arc<Client>, Arc<Vec<Statement>>, String) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = usize> + Send,
 {
     let total = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for _ in 0..claimers {
-        clients.push(Arc::new(connect(url).await));
+        let c = connect(url).await;
+        let mut stmts = Vec::new();
+        for sql in sqls {
+            stmts.push(c.prepare(sql).await.unwrap());
+        }
+        clients.push((Arc::new(c), Arc::new(stmts)));
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (i, c) in clients.into_iter().enumerate() {
+    for (i, (c, stmts)) in clients.into_iter().enumerate() {
         let (step, total) = (step.clone(), total.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let n = step(c.clone(), format!("bench-{i}")).await;
+                let n = step(c.clone(), stmts.clone(), format!("bench-{i}")).await;
                 if n == 0 {
                     break;
                 }
@@ -193,26 +200,23 @@ async fn commitq_drain(
     fill_commitq(c, args.jobs).await;
     // Each claimer remembers the batch it has run but not yet completed.
     let held: Arc<std::sync::Mutex<HashMap<String, (Vec<i64>, Vec<i64>)>>> = Default::default();
-    let rate = drain_rate(url, args.claimers, args.jobs, move |c, worker| {
+    let sqls: &[&str] = match how {
+        Drain::ClaimThenComplete => &[
+            "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
+            "SELECT count(*) FROM commitq.complete_many($1, $2)",
+        ],
+        Drain::CompleteAndClaim => &[
+            "SELECT job_id, lease_token FROM commitq.complete_and_claim($1, $2, 'bench', $3, $4, '5 minutes')",
+        ],
+    };
+    let rate = drain_rate(url, args.claimers, args.jobs, sqls, move |c, stmts, worker| {
         let held = held.clone();
         async move {
             let rows = match how {
-                Drain::ClaimThenComplete => {
-                    c.query(
-                        "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
-                        &[&worker, &batch],
-                    )
-                    .await
-                    .unwrap()
-                }
+                Drain::ClaimThenComplete => c.query(&stmts[0], &[&worker, &batch]).await.unwrap(),
                 Drain::CompleteAndClaim => {
                     let (ids, tokens) = held.lock().unwrap().remove(&worker).unwrap_or_default();
-                    c.query(
-                        "SELECT job_id, lease_token FROM commitq.complete_and_claim($1, $2, 'bench', $3, $4, '5 minutes')",
-                        &[&ids, &tokens, &worker, &batch],
-                    )
-                    .await
-                    .unwrap()
+                    c.query(&stmts[0], &[&ids, &tokens, &worker, &batch]).await.unwrap()
                 }
             };
             if rows.is_empty() {
@@ -222,9 +226,7 @@ async fn commitq_drain(
             let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
             match how {
                 Drain::ClaimThenComplete => {
-                    c.execute("SELECT count(*) FROM commitq.complete_many($1, $2)", &[&ids, &tokens])
-                        .await
-                        .unwrap();
+                    c.execute(&stmts[1], &[&ids, &tokens]).await.unwrap();
                 }
                 Drain::CompleteAndClaim => {
                     held.lock().unwrap().insert(worker, (ids, tokens));
@@ -248,23 +250,13 @@ async fn commitq_drain(
 async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
     reset(c).await;
     fill_raw(c, args.jobs).await;
-    drain_rate(
-        url,
-        args.claimers,
-        args.jobs,
-        move |c, _worker| async move {
-            c.query(
-                "DELETE FROM bench.raw_jobs WHERE id IN (
-                 SELECT id FROM bench.raw_jobs WHERE queue = 'bench' AND run_at <= now()
-                  ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, args",
-                &[&batch],
-            )
-            .await
-            .unwrap()
-            .len()
-        },
-    )
+    let sql = "DELETE FROM bench.raw_jobs WHERE id IN (
+                   SELECT id FROM bench.raw_jobs WHERE queue = 'bench' AND run_at <= now()
+                    ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+               RETURNING id, args";
+    drain_rate(url, args.claimers, args.jobs, &[sql], move |c, stmts, _worker| async move {
+        c.query(&stmts[0], &[&batch]).await.unwrap().len()
+    })
     .await
 }
 
@@ -373,6 +365,7 @@ async fn main() {
     for (batch, how, keep) in [
         (10, Drain::ClaimThenComplete, false),
         (10, Drain::CompleteAndClaim, false),
+        (100, Drain::ClaimThenComplete, false),
         (100, Drain::CompleteAndClaim, false),
         (10, Drain::CompleteAndClaim, true),
     ] {
