@@ -29,17 +29,12 @@ struct Args {
     /// Concurrent claimers for the drain workload.
     #[arg(long, default_value_t = 16)]
     claimers: usize,
-    /// Small and fast: 20,000 jobs, 3 seconds.
+    /// Rounds of every workload; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Small and fast: 20,000 jobs, 3 seconds, one round.
     #[arg(long)]
     quick: bool,
-}
-
-/// One line of the result table.
-struct Row {
-    workload: String,
-    system: String,
-    rate: f64,
-    baseline: Option<f64>,
 }
 
 const SETUP: &str = "
@@ -209,32 +204,43 @@ async fn commitq_drain(
             "SELECT job_id, lease_token FROM commitq.complete_and_claim($1, $2, 'bench', $3, $4, '5 minutes')",
         ],
     };
-    let rate = drain_rate(url, args.claimers, args.jobs, sqls, move |c, stmts, worker| {
-        let held = held.clone();
-        async move {
-            let rows = match how {
-                Drain::ClaimThenComplete => c.query(&stmts[0], &[&worker, &batch]).await.unwrap(),
-                Drain::CompleteAndClaim => {
-                    let (ids, tokens) = held.lock().unwrap().remove(&worker).unwrap_or_default();
-                    c.query(&stmts[0], &[&ids, &tokens, &worker, &batch]).await.unwrap()
+    let rate = drain_rate(
+        url,
+        args.claimers,
+        args.jobs,
+        sqls,
+        move |c, stmts, worker| {
+            let held = held.clone();
+            async move {
+                let rows = match how {
+                    Drain::ClaimThenComplete => {
+                        c.query(&stmts[0], &[&worker, &batch]).await.unwrap()
+                    }
+                    Drain::CompleteAndClaim => {
+                        let (ids, tokens) =
+                            held.lock().unwrap().remove(&worker).unwrap_or_default();
+                        c.query(&stmts[0], &[&ids, &tokens, &worker, &batch])
+                            .await
+                            .unwrap()
+                    }
+                };
+                if rows.is_empty() {
+                    return 0;
                 }
-            };
-            if rows.is_empty() {
-                return 0;
+                let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+                let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+                match how {
+                    Drain::ClaimThenComplete => {
+                        c.execute(&stmts[1], &[&ids, &tokens]).await.unwrap();
+                    }
+                    Drain::CompleteAndClaim => {
+                        held.lock().unwrap().insert(worker, (ids, tokens));
+                    }
+                }
+                rows.len()
             }
-            let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-            let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-            match how {
-                Drain::ClaimThenComplete => {
-                    c.execute(&stmts[1], &[&ids, &tokens]).await.unwrap();
-                }
-                Drain::CompleteAndClaim => {
-                    held.lock().unwrap().insert(worker, (ids, tokens));
-                }
-            }
-            rows.len()
-        }
-    })
+        },
+    )
     .await;
     // A complete_and_claim worker stops on the call that completed its last
     // batch and found nothing more: the queue must be empty.
@@ -254,10 +260,111 @@ async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
                    SELECT id FROM bench.raw_jobs WHERE queue = 'bench' AND run_at <= now()
                     ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
                RETURNING id, args";
-    drain_rate(url, args.claimers, args.jobs, &[sql], move |c, stmts, _worker| async move {
-        c.query(&stmts[0], &[&batch]).await.unwrap().len()
-    })
+    drain_rate(
+        url,
+        args.claimers,
+        args.jobs,
+        &[sql],
+        move |c, stmts, _worker| async move { c.query(&stmts[0], &[&batch]).await.unwrap().len() },
+    )
     .await
+}
+
+/// One measured system of one workload.
+#[derive(Clone, Copy, Debug)]
+enum Measure {
+    RawInsert,
+    Enqueue,
+    RawBulk,
+    EnqueueMany,
+    RawDrain(i64),
+    CommitqDrain(i32, Drain, bool),
+}
+
+impl Measure {
+    fn workload(&self, args: &Args) -> String {
+        match self {
+            Measure::RawInsert | Measure::Enqueue => {
+                format!("single enqueue, own transaction, {} clients", args.clients)
+            }
+            Measure::RawBulk | Measure::EnqueueMany => format!("bulk enqueue of {}", args.jobs),
+            Measure::RawDrain(_) | Measure::CommitqDrain(..) => {
+                format!("drain of {}, {} claimers", args.jobs, args.claimers)
+            }
+        }
+    }
+
+    fn system(&self) -> String {
+        match self {
+            Measure::RawInsert => "raw INSERT".into(),
+            Measure::Enqueue => "commitq.enqueue".into(),
+            Measure::RawBulk => "raw INSERT ... SELECT".into(),
+            Measure::EnqueueMany => "commitq.enqueue_many".into(),
+            Measure::RawDrain(b) => format!("raw claim-{b}-and-DELETE"),
+            Measure::CommitqDrain(b, how, keep) => {
+                let call = match how {
+                    Drain::ClaimThenComplete => format!("claim {b} + complete_many"),
+                    Drain::CompleteAndClaim => format!("complete_and_claim {b}"),
+                };
+                format!(
+                    "commitq {call}{}",
+                    if *keep { ", keep_completed" } else { "" }
+                )
+            }
+        }
+    }
+
+    /// The raw measure this one is compared with.
+    fn baseline(&self) -> Option<Measure> {
+        match self {
+            Measure::Enqueue => Some(Measure::RawInsert),
+            Measure::EnqueueMany => Some(Measure::RawBulk),
+            Measure::CommitqDrain(..) => Some(Measure::RawDrain(10)),
+            _ => None,
+        }
+    }
+
+    async fn run(&self, url: &str, c: &Client, args: &Args) -> f64 {
+        let insert = "INSERT INTO bench.raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')";
+        let enqueue = "SELECT commitq.enqueue('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')";
+        match *self {
+            Measure::RawInsert | Measure::Enqueue => {
+                reset(c).await;
+                let sql = if matches!(self, Measure::RawInsert) {
+                    insert
+                } else {
+                    enqueue
+                };
+                single_statement_rate(url, sql, args.clients, args.seconds).await
+            }
+            Measure::RawBulk => {
+                reset(c).await;
+                let sql = format!(
+                    "INSERT INTO bench.raw_jobs (queue, kind, args)
+                     SELECT 'bench', 'noop', '{ARGS_40_BYTES}' FROM generate_series(1, $1::int)"
+                );
+                bulk_rate(c, &sql, args.jobs).await
+            }
+            Measure::EnqueueMany => {
+                reset(c).await;
+                let sql = format!(
+                    "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
+                         array_fill('{ARGS_40_BYTES}'::jsonb, ARRAY[$1::int]))"
+                );
+                bulk_rate(c, &sql, args.jobs).await
+            }
+            Measure::RawDrain(batch) => raw_drain(url, c, args, batch).await,
+            Measure::CommitqDrain(batch, how, keep) => {
+                commitq_drain(url, c, args, batch, how, keep).await
+            }
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[tokio::main]
@@ -266,6 +373,7 @@ async fn main() {
     if args.quick {
         args.jobs = 20_000;
         args.seconds = 3;
+        args.rounds = 1;
     }
     let db = TestDb::new("commitq_bench").await;
     let c = db.connect().await;
@@ -275,125 +383,59 @@ async fn main() {
         .await
         .unwrap()
         .get(0);
-    let mut rows = Vec::new();
 
-    eprintln!(
-        "single enqueue, {} clients, {} s each ...",
-        args.clients, args.seconds
-    );
-    reset(&c).await;
-    let raw = single_statement_rate(
-        &db.url,
-        "INSERT INTO bench.raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')",
-        args.clients,
-        args.seconds,
-    )
-    .await;
-    reset(&c).await;
-    let ours = single_statement_rate(
-        &db.url,
-        "SELECT commitq.enqueue('bench', 'noop', '{\"user_id\": 123456, \"template\": \"welcome\"}')",
-        args.clients,
-        args.seconds,
-    )
-    .await;
-    rows.push(Row {
-        workload: "single enqueue, own transaction".into(),
-        system: "raw INSERT".into(),
-        rate: raw,
-        baseline: None,
-    });
-    rows.push(Row {
-        workload: "single enqueue, own transaction".into(),
-        system: "commitq.enqueue".into(),
-        rate: ours,
-        baseline: Some(raw),
-    });
-
-    eprintln!("bulk enqueue of {} jobs ...", args.jobs);
-    reset(&c).await;
-    let raw = bulk_rate(
-        &c,
-        &format!(
-            "INSERT INTO bench.raw_jobs (queue, kind, args)
-             SELECT 'bench', 'noop', '{ARGS_40_BYTES}' FROM generate_series(1, $1::int)"
-        ),
-        args.jobs,
-    )
-    .await;
-    reset(&c).await;
-    let ours = bulk_rate(
-        &c,
-        &format!(
-            "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', array_fill('{ARGS_40_BYTES}'::jsonb, ARRAY[$1::int]))"
-        ),
-        args.jobs,
-    )
-    .await;
-    rows.push(Row {
-        workload: format!("bulk enqueue of {}", args.jobs),
-        system: "raw INSERT ... SELECT".into(),
-        rate: raw,
-        baseline: None,
-    });
-    rows.push(Row {
-        workload: format!("bulk enqueue of {}", args.jobs),
-        system: "commitq.enqueue_many".into(),
-        rate: ours,
-        baseline: Some(raw),
-    });
-
-    eprintln!(
-        "drain of {} jobs by {} claimers ...",
-        args.jobs, args.claimers
-    );
-    let workload = format!("drain of {}, {} claimers", args.jobs, args.claimers);
-    let raw10 = raw_drain(&db.url, &c, &args, 10).await;
-    rows.push(Row {
-        workload: workload.clone(),
-        system: "raw claim-10-and-DELETE".into(),
-        rate: raw10,
-        baseline: None,
-    });
-    let raw100 = raw_drain(&db.url, &c, &args, 100).await;
-    rows.push(Row {
-        workload: workload.clone(),
-        system: "raw claim-100-and-DELETE".into(),
-        rate: raw100,
-        baseline: None,
-    });
-    for (batch, how, keep) in [
-        (10, Drain::ClaimThenComplete, false),
-        (10, Drain::CompleteAndClaim, false),
-        (100, Drain::ClaimThenComplete, false),
-        (100, Drain::CompleteAndClaim, false),
-        (10, Drain::CompleteAndClaim, true),
-    ] {
-        let ours = commitq_drain(&db.url, &c, &args, batch, how, keep).await;
-        let (call, kept) = match how {
-            Drain::ClaimThenComplete => (format!("claim {batch} + complete_many"), ""),
-            Drain::CompleteAndClaim => (format!("complete_and_claim {batch}"), ""),
-        };
-        let kept = if keep { ", keep_completed" } else { kept };
-        rows.push(Row {
-            workload: workload.clone(),
-            system: format!("commitq {call}{kept}"),
-            rate: ours,
-            baseline: Some(raw10),
-        });
+    // Each workload's systems run interleaved (A B A B ...), `rounds` times.
+    let workloads: Vec<Vec<Measure>> = vec![
+        vec![Measure::RawInsert, Measure::Enqueue],
+        vec![Measure::RawBulk, Measure::EnqueueMany],
+        vec![
+            Measure::RawDrain(10),
+            Measure::RawDrain(100),
+            Measure::CommitqDrain(10, Drain::ClaimThenComplete, false),
+            Measure::CommitqDrain(10, Drain::CompleteAndClaim, false),
+            Measure::CommitqDrain(100, Drain::ClaimThenComplete, false),
+            Measure::CommitqDrain(100, Drain::CompleteAndClaim, false),
+            Measure::CommitqDrain(100, Drain::CompleteAndClaim, true),
+        ],
+    ];
+    let mut results: Vec<(Measure, Vec<f64>)> = Vec::new();
+    for systems in &workloads {
+        let mut samples = vec![Vec::new(); systems.len()];
+        for round in 1..=args.rounds {
+            for (i, m) in systems.iter().enumerate() {
+                eprintln!(
+                    "round {round}/{}: {} / {} ...",
+                    args.rounds,
+                    m.workload(&args),
+                    m.system()
+                );
+                samples[i].push(m.run(&db.url, &c, &args).await);
+            }
+        }
+        results.extend(systems.iter().copied().zip(samples));
     }
 
-    println!("\nPostgreSQL {version}, {} cores; ratios are against the raw baseline of the same workload.\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| workload | system | jobs/s | vs raw |");
-    println!("|---|---|---:|---:|");
-    for r in &rows {
-        let ratio = r
-            .baseline
-            .map(|b| format!("{:.0}%", 100.0 * r.rate / b))
+    println!(
+        "\nPostgreSQL {version}, {} cores; median of {} interleaved rounds (min-max); ratios against the raw baseline of the same workload.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.rounds
+    );
+    println!("| workload | system | jobs/s | min-max | vs raw |");
+    println!("|---|---|---:|---:|---:|");
+    for (m, samples) in &results {
+        let rate = median(samples);
+        let (lo, hi) = samples
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let ratio = m
+            .baseline()
+            .and_then(|b| results.iter().find(|(r, _)| r.system() == b.system()))
+            .map(|(_, base)| format!("{:.0}%", 100.0 * rate / median(base)))
             .unwrap_or_else(|| "baseline".into());
         println!(
-            "| {} | {} | {:.0} | {} |",
-            r.workload, r.system, r.rate, ratio
+            "| {} | {} | {rate:.0} | {lo:.0}-{hi:.0} | {ratio} |",
+            m.workload(&args),
+            m.system()
         );
     }
 }
