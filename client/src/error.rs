@@ -30,6 +30,15 @@ pub enum Error {
     /// SQLSTATE CQ104: the operator action does not apply to the job's state.
     #[error("invalid state: {0}")]
     InvalidState(String),
+    /// The connection string or pool settings are not usable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// No connection could be had from the pool.
+    #[error("connection pool: {0}")]
+    Pool(String),
+    /// A job's args could not be turned into JSON.
+    #[error("serializing job args: {0}")]
+    Serialize(serde_json::Error),
     /// Any other database or connection error.
     #[error(transparent)]
     Database(tokio_postgres::Error),
@@ -62,6 +71,15 @@ impl Error {
                 Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
             ),
             _ => false,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => Error::from(e),
+            other => Error::Pool(other.to_string()),
         }
     }
 }

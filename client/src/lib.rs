@@ -4,10 +4,56 @@
 //! a thin layer over its SQL functions. It never carries a copy of the
 //! schema: it checks that the installed extension is the version it was
 //! built with and fails with [`Error::VersionMismatch`] otherwise.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use commitq::{Client, Job, Outcome, WorkerPool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendWelcome { user_id: i64 }
+//!
+//! impl Job for SendWelcome {
+//!     const KIND: &'static str = "send_welcome";
+//!     const QUEUE: &'static str = "mail";
+//! }
+//!
+//! # async fn example() -> Result<(), commitq::Error> {
+//! let client = Client::connect("host=/run/postgresql dbname=app").await?;
+//!
+//! // In the transaction that creates the user: the job exists if and only if
+//! // the user does.
+//! let mut conn = client.pool().get().await?;
+//! let tx = conn.transaction().await?;
+//! tx.execute("INSERT INTO users (id) VALUES (42)", &[]).await?;
+//! // (`&*tx`: a pooled transaction derefs to tokio-postgres's own.)
+//! commitq::enqueue(&*tx, &SendWelcome { user_id: 42 }, &Default::default()).await?;
+//! tx.commit().await?;
+//!
+//! // A worker pool: 8 handlers on queue "mail", until Ctrl-C.
+//! WorkerPool::builder(client)
+//!     .queue("mail", 8)
+//!     .handle(|_ctx, job: SendWelcome| async move {
+//!         println!("welcome, user {}", job.user_id);
+//!         Ok(Outcome::Complete)
+//!     })
+//!     .build()
+//!     .run_until(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await;
+//! # Ok(()) }
+//! ```
 
+mod client;
 mod error;
+mod job;
+mod metrics;
+mod worker;
 
+pub use client::{enqueue, enqueue_many, Client};
 pub use error::Error;
+pub use job::{EnqueueOptions, Enqueued, Job};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use worker::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
 
 /// The `pg_commitq` version this client speaks to: the workspace version.
 pub const EXTENSION_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,89 @@
+//! Typed jobs: a job is a serde type with a kind and a default queue.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Arguments of one kind of job. The handler registered for `KIND` receives
+/// this type, deserialized from the job's `args`.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct SendWelcome { user_id: i64 }
+///
+/// impl commitq::Job for SendWelcome {
+///     const KIND: &'static str = "send_welcome";
+///     const QUEUE: &'static str = "mail";
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The job's kind, as stored in `commitq.jobs.kind`.
+    const KIND: &'static str;
+    /// The queue jobs of this kind go to unless the options say otherwise.
+    const QUEUE: &'static str = "default";
+
+    /// Options for this particular job (idempotency key, priority, ...).
+    fn options(&self) -> EnqueueOptions {
+        EnqueueOptions::default()
+    }
+}
+
+/// How a job is enqueued; every field is optional.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnqueueOptions {
+    /// Another queue than the job type's default.
+    pub queue: Option<String>,
+    /// Lower runs first; default 0.
+    pub priority: Option<i32>,
+    /// Run no earlier than this time.
+    pub run_at: Option<SystemTime>,
+    /// Run no earlier than this long from now (by the database's clock).
+    pub delay: Option<Duration>,
+    /// Attempts before the job is discarded; default 25.
+    pub max_attempts: Option<i32>,
+    /// A second enqueue with the same key in the same queue returns the first job.
+    pub idempotency_key: Option<String>,
+    /// Jobs sharing this key never run at the same time.
+    pub concurrency_key: Option<String>,
+}
+
+impl EnqueueOptions {
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+    pub fn run_at(mut self, at: SystemTime) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+}
+
+/// What an enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub job_id: i64,
+    /// False when an idempotency key named an existing job, whose id this is.
+    pub inserted: bool,
+}

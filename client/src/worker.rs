@@ -1,0 +1,691 @@
+//! The worker pool: claims jobs in batches, runs their handlers, heartbeats
+//! their leases, reports outcomes, and shuts down without losing a job.
+//!
+//! Everything that must be safe under concurrency (who gets a job, whether a
+//! lease is still ours, retries and backoff) is decided by commitq's SQL;
+//! this module only drives it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{GenericClient, NoTls};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::metrics::Metrics;
+use crate::{Client, Error, Job};
+
+/// What a handler decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Done: the pool completes the job (unless the handler already did, with
+    /// [`JobContext::complete_in`]).
+    Complete,
+    /// Not now: put the job back for this long without spending an attempt.
+    Snooze(Duration),
+}
+
+/// A handler's error: the job is failed with its text, and retried with
+/// backoff until it runs out of attempts.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a handler returns.
+pub type HandlerResult = Result<Outcome, HandlerError>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Outcome, RunError>> + Send>>;
+type ErasedHandler = Arc<dyn Fn(JobContext, Value) -> BoxFuture + Send + Sync>;
+
+/// Why a run did not end in an outcome.
+enum RunError {
+    /// The args no longer match the job type: no retry can fix that.
+    Deserialize(String),
+    Handler(String),
+}
+
+/// What a running handler knows about its job.
+#[derive(Clone)]
+pub struct JobContext {
+    pub job_id: i64,
+    pub lease_token: i64,
+    pub attempt: i32,
+    pub queue: String,
+    pub kind: String,
+    client: Client,
+    cancel: CancellationToken,
+    completed: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// Complete the job inside the handler's own transaction, so that its
+    /// writes and the completion commit together; if the lease was lost in
+    /// the meantime this fails (`Error::StaleLease` or `Error::LeaseExpired`)
+    /// and the transaction must roll back.
+    pub async fn complete_in<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
+        tx.execute(
+            "SELECT commitq.complete($1, $2)",
+            &[&self.job_id, &self.lease_token],
+        )
+        .await?;
+        self.completed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Raise unless this job's lease is still current, and hold it until the
+    /// caller's transaction ends: fences writes made for the job.
+    pub async fn assert_lease<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
+        tx.execute(
+            "SELECT commitq.assert_lease($1, $2)",
+            &[&self.job_id, &self.lease_token],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// True once the job was cancelled by an operator, its lease was lost, or
+    /// the pool is shutting down past its grace period: stop soon.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when [`JobContext::is_cancelled`] becomes true.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// The client, for the handler's own queries and enqueues.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Builds a [`WorkerPool`].
+pub struct WorkerPoolBuilder {
+    client: Client,
+    worker_id: String,
+    queues: Vec<(String, usize)>,
+    handlers: HashMap<&'static str, ErasedHandler>,
+    lease: Duration,
+    poll_interval: Duration,
+    job_timeout: Duration,
+    maintain_interval: Option<Duration>,
+    batch: usize,
+    grace: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl WorkerPoolBuilder {
+    /// Serve `queue` with up to `concurrency` handlers at once.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        self.queues.push((queue.into(), concurrency.max(1)));
+        self
+    }
+
+    /// Run `handler` for jobs of kind `J::KIND`.
+    pub fn handle<J, F, Fut>(mut self, handler: F) -> Self
+    where
+        J: Job,
+        F: Fn(JobContext, J) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |ctx, args| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let job: J = serde_json::from_value(args).map_err(|e| {
+                    RunError::Deserialize(format!("args do not match {}: {e}", J::KIND))
+                })?;
+                handler(ctx, job)
+                    .await
+                    .map_err(|e| RunError::Handler(e.to_string()))
+            })
+        });
+        self.handlers.insert(J::KIND, erased);
+        self
+    }
+
+    /// Name this worker reports in `commitq.jobs.worker` (default: pid and time).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = id.into();
+        self
+    }
+
+    /// Lease per claim, renewed by heartbeats every third of it (default 30 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How often an idle queue is polled when no NOTIFY arrives (default 1 s).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Longest a handler may run before it is failed (default 5 minutes).
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// How often this pool runs `commitq.maintain()`; `None` to leave it to others.
+    pub fn maintain_interval(mut self, every: Option<Duration>) -> Self {
+        self.maintain_interval = every;
+        self
+    }
+
+    /// Most jobs one claim takes (default 10).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.clamp(1, 10_000);
+        self
+    }
+
+    /// On shutdown, how long running jobs may finish before they are
+    /// cancelled and handed back (default 10 s).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn build(self) -> WorkerPool {
+        WorkerPool {
+            inner: Arc::new(self),
+        }
+    }
+}
+
+/// A pool of workers over one or more queues. Run it with
+/// [`WorkerPool::run_until`].
+pub struct WorkerPool {
+    inner: Arc<WorkerPoolBuilder>,
+}
+
+/// State shared by the tasks of a running pool.
+struct Shared {
+    cfg: Arc<WorkerPoolBuilder>,
+    /// Stop claiming.
+    stopping: CancellationToken,
+    /// Grace period over: cancel what still runs.
+    hard_stop: CancellationToken,
+    completions: mpsc::UnboundedSender<(i64, i64)>,
+}
+
+struct Claimed {
+    job_id: i64,
+    queue: String,
+    kind: String,
+    args: Value,
+    attempt: i32,
+    lease_token: i64,
+    claimed_at: Instant,
+}
+
+impl WorkerPool {
+    pub fn builder(client: Client) -> WorkerPoolBuilder {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        WorkerPoolBuilder {
+            client,
+            worker_id: format!("pid{}-{started}", std::process::id()),
+            queues: Vec::new(),
+            handlers: HashMap::new(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            job_timeout: Duration::from_secs(300),
+            maintain_interval: Some(Duration::from_secs(5)),
+            batch: 10,
+            grace: Duration::from_secs(10),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// Counters of this pool, for export.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Run until `shutdown` resolves, then stop claiming, let running jobs
+    /// finish within the grace period, cancel and hand back the rest.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            cfg: self.inner.clone(),
+            stopping: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            completions: tx,
+        });
+        let notifies: HashMap<String, Arc<Notify>> = shared
+            .cfg
+            .queues
+            .iter()
+            .map(|(q, _)| (q.clone(), Arc::new(Notify::new())))
+            .collect();
+        let jobs = TaskTracker::new();
+        let background = TaskTracker::new();
+
+        let completer = tokio::spawn(complete_batches(shared.clone(), rx));
+        if let Some(url) = shared.cfg.client.url().map(str::to_string) {
+            background.spawn(listen(url, notifies.clone(), shared.stopping.clone()));
+        }
+        if let Some(every) = shared.cfg.maintain_interval {
+            background.spawn(maintain(shared.clone(), every));
+        }
+        for (queue, concurrency) in &shared.cfg.queues {
+            background.spawn(claim_loop(
+                shared.clone(),
+                queue.clone(),
+                Arc::new(Semaphore::new(*concurrency)),
+                notifies[queue].clone(),
+                jobs.clone(),
+            ));
+        }
+
+        shutdown.await;
+        shared.stopping.cancel();
+        background.close();
+        background.wait().await;
+        jobs.close();
+        if tokio::time::timeout(shared.cfg.grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            warn!("grace period over: cancelling running jobs and handing them back");
+            shared.hard_stop.cancel();
+            jobs.wait().await;
+        }
+        drop(shared);
+        let _ = completer.await;
+    }
+}
+
+/// Claim batches for one queue while there are free handler slots.
+async fn claim_loop(
+    shared: Arc<Shared>,
+    queue: String,
+    slots: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    jobs: TaskTracker,
+) {
+    let cfg = &shared.cfg;
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shared.stopping.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while permits.len() < cfg.batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let claimed = match claim(cfg, &queue, permits.len()).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(queue = %queue, error = %e, "claim failed; retrying");
+                drop(permits);
+                wait_for_work(&shared, &wake, cfg.poll_interval).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            drop(permits);
+            wait_for_work(&shared, &wake, cfg.poll_interval).await;
+            continue;
+        }
+        cfg.metrics.add_claimed(claimed.len() as u64);
+        for (job, permit) in claimed.into_iter().zip(permits) {
+            jobs.spawn(run_job(shared.clone(), job, permit));
+        }
+    }
+}
+
+async fn wait_for_work(shared: &Shared, wake: &Notify, poll: Duration) {
+    tokio::select! {
+        _ = wake.notified() => {}
+        _ = tokio::time::sleep(poll) => {}
+        _ = shared.stopping.cancelled() => {}
+    }
+}
+
+async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Claimed>, Error> {
+    let conn = cfg.client.pool().get().await?;
+    let rows = conn
+        .query(
+            "SELECT job_id, queue, kind, args, attempt, lease_token
+               FROM commitq.claim($1, $2, $3, make_interval(secs => $4))",
+            &[
+                &queue,
+                &cfg.worker_id,
+                &(n as i32),
+                &cfg.lease.as_secs_f64(),
+            ],
+        )
+        .await?;
+    let claimed_at = Instant::now();
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            job_id: r.get(0),
+            queue: r.get(1),
+            kind: r.get(2),
+            args: r.get(3),
+            attempt: r.get(4),
+            lease_token: r.get(5),
+            claimed_at,
+        })
+        .collect())
+}
+
+/// Run one job's handler under heartbeats, then report how it went.
+async fn run_job(shared: Arc<Shared>, job: Claimed, _slot: OwnedSemaphorePermit) {
+    let cfg = &shared.cfg;
+    let span = info_span!("job", queue = %job.queue, kind = %job.kind, id = job.job_id, attempt = job.attempt);
+    async {
+        cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
+        let cancel = shared.hard_stop.child_token();
+        let ctx = JobContext {
+            job_id: job.job_id,
+            lease_token: job.lease_token,
+            attempt: job.attempt,
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+            client: cfg.client.clone(),
+            cancel: cancel.clone(),
+            completed: Arc::new(AtomicBool::new(false)),
+        };
+        let Some(handler) = cfg.handlers.get(job.kind.as_str()).cloned() else {
+            let error = format!("no handler for kind {:?} in this worker", job.kind);
+            report_failure(cfg, &job, &error, false).await;
+            return;
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            cfg.client.clone(),
+            job.job_id,
+            job.lease_token,
+            cfg.lease,
+            cancel.clone(),
+            lost.clone(),
+        ));
+
+        // The handler runs in its own task so that a panic is caught here.
+        let mut task = tokio::spawn(handler(ctx.clone(), job.args.clone()));
+        let result = tokio::select! {
+            r = tokio::time::timeout(cfg.job_timeout, &mut task) => match r {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(join)) => Some(Err(RunError::Handler(panic_message(join)))),
+                Err(_) => {
+                    task.abort();
+                    Some(Err(RunError::Handler(format!("timed out after {:?}", cfg.job_timeout))))
+                }
+            },
+            _ = shared.hard_stop.cancelled() => {
+                task.abort();
+                None
+            }
+        };
+        heartbeat.abort();
+
+        if lost.load(Ordering::SeqCst) {
+            // Another worker may hold the job now: report nothing.
+            cfg.metrics.add_lost_lease();
+            warn!("lease lost while running; the job will run again elsewhere");
+            return;
+        }
+        match result {
+            // Cut short by shutdown (the handler may have returned its own
+            // error on seeing the cancellation): not a failure of the job.
+            None | Some(Err(_)) if shared.hard_stop.is_cancelled() => hand_back(cfg, &job).await,
+            None => hand_back(cfg, &job).await,
+            Some(Ok(Outcome::Complete)) => {
+                if ctx.completed.load(Ordering::SeqCst) {
+                    cfg.metrics.add_completed(1);
+                } else {
+                    let _ = shared.completions.send((job.job_id, job.lease_token));
+                }
+            }
+            Some(Ok(Outcome::Snooze(delay))) => snooze(cfg, &job, delay).await,
+            Some(Err(RunError::Deserialize(e))) => report_failure(cfg, &job, &e, true).await,
+            Some(Err(RunError::Handler(e))) => report_failure(cfg, &job, &e, false).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "handler task was cancelled".into();
+    }
+    let payload = join.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    format!("handler panicked: {text}")
+}
+
+/// Renew the lease every third of it; cancel the handler when the job was
+/// cancelled or the lease is lost.
+async fn heartbeat(
+    client: Client,
+    job_id: i64,
+    token: i64,
+    lease: Duration,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let result = async {
+            let conn = client.pool().get().await?;
+            let row = conn
+                .query_one(
+                    "SELECT cancel_requested FROM commitq.heartbeat($1, $2)",
+                    &[&job_id, &token],
+                )
+                .await?;
+            Ok::<bool, Error>(row.get(0))
+        }
+        .await;
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                debug!("cancellation requested");
+                cancel.cancel();
+            }
+            Err(Error::StaleLease(_) | Error::LeaseExpired(_)) => {
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, discard: bool) {
+    cfg.metrics.add_failed();
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        let row = conn
+            .query_one(
+                "SELECT state::text FROM commitq.fail($1, $2, $3, NULL, $4)",
+                &[&job.job_id, &job.lease_token, &error, &discard],
+            )
+            .await?;
+        Ok::<String, Error>(row.get(0))
+    }
+    .await;
+    match result {
+        Ok(state) if state == "discarded" || state == "cancelled" => {
+            cfg.metrics.add_discarded();
+            warn!(%error, %state, "job failed for good");
+        }
+        Ok(_) => {
+            cfg.metrics.add_retried();
+            warn!(%error, "job failed; it will be retried");
+        }
+        Err(e) => {
+            warn!(%error, report_error = %e, "could not record the failure; the lease will expire and the job be rescued")
+        }
+    }
+}
+
+async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        conn.execute(
+            "SELECT commitq.snooze($1, $2, make_interval(secs => $3))",
+            &[&job.job_id, &job.lease_token, &delay.as_secs_f64()],
+        )
+        .await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => cfg.metrics.add_snoozed(),
+        Err(e) => warn!(error = %e, "could not snooze"),
+    }
+}
+
+/// Shutdown past the grace period: give the job back at once, without
+/// spending its attempt, so another worker can take it.
+async fn hand_back(cfg: &WorkerPoolBuilder, job: &Claimed) {
+    snooze(cfg, job, Duration::ZERO).await;
+}
+
+/// Complete finished jobs in batches: whatever has arrived while the last
+/// batch was being written goes in the next one.
+async fn complete_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(i64, i64)>) {
+    let metrics = shared.cfg.metrics.clone();
+    let client = shared.cfg.client.clone();
+    drop(shared);
+    while let Some(first) = rx.recv().await {
+        let mut ids = vec![first.0];
+        let mut tokens = vec![first.1];
+        while ids.len() < 1000 {
+            match rx.try_recv() {
+                Ok((id, token)) => {
+                    ids.push(id);
+                    tokens.push(token);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let conn = client.pool().get().await?;
+            let rows = conn
+                .query(
+                    "SELECT completed FROM commitq.complete_many($1, $2)",
+                    &[&ids, &tokens],
+                )
+                .await?;
+            Ok::<usize, Error>(rows.iter().filter(|r| r.get::<_, bool>(0)).count())
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                metrics.add_completed(done as u64);
+                for _ in done..ids.len() {
+                    metrics.add_lost_lease();
+                }
+                if done < ids.len() {
+                    warn!(
+                        lost = ids.len() - done,
+                        "completions refused: lease lost before completing"
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, jobs = ids.len(), "completing failed; the leases will expire and the jobs run again")
+            }
+        }
+    }
+}
+
+/// Keep a LISTEN connection for the pool's queues, reconnecting when it
+/// drops; after every (re)connect all queues are woken, since notifications
+/// sent while disconnected are lost.
+async fn listen(url: String, queues: HashMap<String, Arc<Notify>>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut messages = stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                            let _ = tx.send(n);
+                        }
+                    }
+                });
+                let mut ok = true;
+                for queue in queues.keys() {
+                    let sql = format!("LISTEN \"commitq:{queue}\"");
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        warn!(error = %e, "LISTEN failed");
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    backoff = Duration::from_millis(100);
+                    queues.values().for_each(|n| n.notify_one());
+                    loop {
+                        tokio::select! {
+                            n = rx.recv() => match n {
+                                Some(n) => {
+                                    if let Some(notify) = n.channel().strip_prefix("commitq:").and_then(|q| queues.get(q)) {
+                                        notify.notify_one();
+                                    }
+                                }
+                                None => break,
+                            },
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                    warn!("LISTEN connection lost; reconnecting");
+                }
+            }
+            Err(e) => warn!(error = %e, "LISTEN connection failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Run `commitq.maintain()` every `every`: rescues jobs of dead workers.
+async fn maintain(shared: Arc<Shared>, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.stopping.cancelled() => return,
+        }
+        let result = async {
+            let conn = shared.cfg.client.pool().get().await?;
+            conn.execute("SELECT commitq.maintain()", &[]).await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "maintain failed");
+        }
+    }
+}

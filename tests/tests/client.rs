@@ -1,0 +1,524 @@
+//! The Rust client and worker pool against the project-local cluster.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commitq::{Client, EnqueueOptions, Job, Outcome, WorkerPool};
+use commitq_tests::TestDb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Record {
+    n: i64,
+    label: String,
+}
+
+impl Job for Record {
+    const KIND: &'static str = "record";
+    const QUEUE: &'static str = "effects";
+}
+
+/// Start a pool built by `build` in the background; the sender stops it.
+fn start(pool: WorkerPool) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(pool.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+async fn setup(name: &str) -> (TestDb, Client) {
+    let db = TestDb::new(name).await;
+    db.connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE public.effects (n bigint NOT NULL, label text NOT NULL, attempt int)",
+        )
+        .await
+        .unwrap();
+    let client = Client::connect(&db.url).await.unwrap();
+    (db, client)
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Handler that records each job's args in the effects table, in the same
+/// transaction as its completion.
+fn recording_pool(client: &Client) -> WorkerPool {
+    WorkerPool::builder(client.clone())
+        .queue("effects", 4)
+        .poll_interval(Duration::from_millis(200))
+        .handle(|ctx, job: Record| async move {
+            let mut conn = ctx.client().pool().get().await?;
+            let tx = conn.transaction().await?;
+            tx.execute(
+                "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
+                &[&job.n, &job.label, &ctx.attempt],
+            )
+            .await?;
+            ctx.complete_in(&*tx).await?;
+            tx.commit().await?;
+            Ok(Outcome::Complete)
+        })
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_jobs_round_trip_and_run_exactly_once() {
+    let (_db, client) = setup("t_client_round_trip").await;
+    let first = client
+        .enqueue(&Record {
+            n: 1,
+            label: "one".into(),
+        })
+        .await
+        .unwrap();
+    assert!(first.inserted);
+    let many: Vec<Record> = (2..=50)
+        .map(|n| Record {
+            n,
+            label: format!("n{n}"),
+        })
+        .collect();
+    let enqueued = client.enqueue_many(&many).await.unwrap();
+    assert_eq!(enqueued.len(), 49);
+    assert!(enqueued.windows(2).all(|w| w[0].job_id < w[1].job_id));
+
+    let pool = recording_pool(&client);
+    let metrics = pool.metrics();
+    let (stop, handle) = start(pool);
+    wait_until("all 50 effects", Duration::from_secs(20), async || {
+        count(&client, "SELECT count(*) FROM public.effects").await == 50
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(count(&client, "SELECT count(DISTINCT n) FROM public.effects WHERE label = CASE WHEN n = 1 THEN 'one' ELSE 'n' || n END").await, 50);
+    assert_eq!(count(&client, "SELECT count(*) FROM commitq.jobs").await, 0);
+    let m = metrics.snapshot();
+    assert_eq!((m.claimed, m.completed, m.failed), (50, 50, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_in_a_rolled_back_transaction_never_runs() {
+    let (_db, client) = setup("t_client_rollback").await;
+    {
+        let mut conn = client.pool().get().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        commitq::enqueue(
+            &*tx,
+            &Record {
+                n: 1,
+                label: "ghost".into(),
+            },
+            &EnqueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        commitq::enqueue(
+            &*tx,
+            &Record {
+                n: 2,
+                label: "real".into(),
+            },
+            &EnqueueOptions::default(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let (stop, handle) = start(recording_pool(&client));
+    wait_until("the committed job", Duration::from_secs(20), async || {
+        count(&client, "SELECT count(*) FROM public.effects").await == 1
+    })
+    .await;
+    // Give a ghost every chance to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM public.effects WHERE label = 'ghost'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM public.effects WHERE label = 'real'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_and_the_worker_survives() {
+    let (db, client) = setup("t_client_panic").await;
+    db.connect()
+        .await
+        .batch_execute("UPDATE commitq.config SET backoff_base = '0', backoff_cap = '0'")
+        .await
+        .unwrap();
+    client
+        .enqueue(&Record {
+            n: 7,
+            label: "flaky".into(),
+        })
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .poll_interval(Duration::from_millis(100))
+        .handle(move |ctx, job: Record| {
+            let seen = seen.clone();
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first attempt blows up");
+                }
+                let conn = ctx.client().pool().get().await?;
+                conn.execute(
+                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
+                    &[&job.n, &job.label, &ctx.attempt],
+                )
+                .await?;
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let metrics = pool.metrics();
+    let (stop, handle) = start(pool);
+    wait_until(
+        "the retry to succeed",
+        Duration::from_secs(20),
+        async || {
+            count(&client, "SELECT count(*) FROM public.effects").await == 1
+                && count(&client, "SELECT count(*) FROM commitq.jobs").await == 0
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        count(&client, "SELECT attempt::bigint FROM public.effects").await,
+        2
+    );
+    let m = metrics.snapshot();
+    assert_eq!((m.failed, m.retried, m.completed), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_that_no_longer_deserialize_are_discarded_not_retried() {
+    let (db, client) = setup("t_client_bad_args").await;
+    db.connect()
+        .await
+        .batch_execute("SELECT commitq.enqueue('effects', 'record', '{\"n\": \"not a number\"}')")
+        .await
+        .unwrap();
+    let (stop, handle) = start(recording_pool(&client));
+    wait_until("the discard", Duration::from_secs(20), async || {
+        count(
+            &client,
+            "SELECT count(*) FROM commitq.finished_jobs WHERE state = 'discarded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        count(&client, "SELECT attempt::bigint FROM commitq.finished_jobs").await,
+        1,
+        "no retry loop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
+    let (_db, client) = setup("t_client_shutdown").await;
+    let jobs: Vec<Record> = (1..=6)
+        .map(|n| Record {
+            n,
+            label: "slow".into(),
+        })
+        .collect();
+    client.enqueue_many(&jobs).await.unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .grace(Duration::from_millis(1500))
+        .handle(|ctx, job: Record| async move {
+            // Job 1 and 2 take 300 ms, the rest would take a minute.
+            let secs = if job.n <= 2 { 0.3 } else { 60.0 };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                _ = ctx.cancelled() => return Err("cancelled".into()),
+            }
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(
+                "INSERT INTO public.effects (n, label) VALUES ($1, 'done')",
+                &[&job.n],
+            )
+            .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    wait_until(
+        "two slow jobs to start",
+        Duration::from_secs(20),
+        async || {
+            count(&client, "SELECT count(*) FROM public.effects").await == 2
+                && count(
+                    &client,
+                    "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+                )
+                .await
+                    == 2
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    let started = Instant::now();
+    handle.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // Nothing left running; the two cut short are back, claimable now, attempt not spent.
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM commitq.jobs").await,
+        4,
+        "none lost"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM commitq.jobs WHERE attempt = 0"
+        )
+        .await,
+        4
+    );
+    let claimable = client
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "SELECT job_id FROM commitq.claim('effects', 'next', 10)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimable.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let (db, client) = setup("t_client_listener").await;
+    // Polling so rare that only a NOTIFY can wake the pool in time.
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .poll_interval(Duration::from_secs(60))
+        .handle(|ctx, job: Record| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(
+                "INSERT INTO public.effects (n, label) VALUES ($1, $2)",
+                &[&job.n, &job.label],
+            )
+            .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    let admin = db.connect().await;
+    let listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    wait_until(
+        "the LISTEN connection",
+        Duration::from_secs(10),
+        async || {
+            admin
+                .query_one(listening, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    // Let the pool find the queue empty and wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .enqueue(&Record {
+            n: 1,
+            label: "before".into(),
+        })
+        .await
+        .unwrap();
+    wait_until("the first job", Duration::from_secs(5), async || {
+        count(&client, "SELECT count(*) FROM public.effects").await == 1
+    })
+    .await;
+
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "a new LISTEN connection",
+        Duration::from_secs(10),
+        async || {
+            admin
+                .query_one(listening, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .enqueue(&Record {
+            n: 2,
+            label: "after".into(),
+        })
+        .await
+        .unwrap();
+    wait_until(
+        "the job enqueued after the reconnect",
+        Duration::from_secs(5),
+        async || count(&client, "SELECT count(*) FROM public.effects").await == 2,
+    )
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_rolls_back_the_handlers_writes() {
+    let (db, client) = setup("t_client_fenced").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute("UPDATE commitq.config SET backoff_base = '0', backoff_cap = '0'")
+        .await
+        .unwrap();
+    client
+        .enqueue(&Record {
+            n: 1,
+            label: "charge".into(),
+        })
+        .await
+        .unwrap();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 1)
+        .poll_interval(Duration::from_millis(100))
+        .lease(Duration::from_secs(60))
+        .handle(move |ctx, job: Record| {
+            let mut gate = gate.clone();
+            async move {
+                let mut conn = ctx.client().pool().get().await?;
+                let tx = conn.transaction().await?;
+                tx.execute(
+                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
+                    &[&job.n, &job.label, &ctx.attempt],
+                )
+                .await?;
+                // The first attempt stalls here while its lease is taken away.
+                if ctx.attempt == 1 {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                ctx.complete_in(&*tx).await?;
+                tx.commit().await?;
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    wait_until(
+        "the first attempt to run",
+        Duration::from_secs(10),
+        async || {
+            count(
+                &client,
+                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    // The lease runs out (moved in time), maintain rescues the job, and
+    // another worker claims it: attempt 1 is now a zombie.
+    admin
+        .batch_execute("UPDATE commitq.jobs SET lease_expires_at = now() - interval '1 second'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT commitq.maintain()")
+        .await
+        .unwrap();
+    let other: (i64, i64) = {
+        let row = admin
+            .query_one(
+                "SELECT job_id, lease_token FROM commitq.claim('effects', 'other', 1)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    release.send(true).unwrap();
+    // The zombie's complete_in fails, so its insert rolls back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM public.effects").await,
+        0
+    );
+    admin
+        .execute("SELECT commitq.complete($1, $2)", &[&other.0, &other.1])
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(count(&client, "SELECT count(*) FROM commitq.jobs").await, 0);
+}
