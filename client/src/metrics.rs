@@ -47,7 +47,7 @@ impl Metrics {
             discarded: self.discarded.load(Relaxed),
             snoozed: self.snoozed.load(Relaxed),
             lost_leases: self.lost_leases.load(Relaxed),
-            claim_to_start_mean: Duration::from_micros(if n == 0 { 0 } else { total / n }),
+            claim_to_start_mean: Duration::from_micros(total.checked_div(n).unwrap_or(0)),
             claim_to_start_max: Duration::from_micros(self.claim_to_start_max_us.load(Relaxed)),
         }
     }

@@ -167,6 +167,9 @@ async fn fill_raw(c: &Client, jobs: usize) {
         .unwrap();
 }
 
+/// Job ids and lease tokens of a batch a worker has run but not completed.
+type Batch = (Vec<i64>, Vec<i64>);
+
 /// How a commitq drain worker talks to the queue.
 #[derive(Clone, Copy, Debug)]
 enum Drain {
@@ -194,7 +197,7 @@ async fn commitq_drain(
     .unwrap();
     fill_commitq(c, args.jobs).await;
     // Each claimer remembers the batch it has run but not yet completed.
-    let held: Arc<std::sync::Mutex<HashMap<String, (Vec<i64>, Vec<i64>)>>> = Default::default();
+    let held: Arc<std::sync::Mutex<HashMap<String, Batch>>> = Default::default();
     let sqls: &[&str] = match how {
         Drain::ClaimThenComplete => &[
             "SELECT job_id, lease_token FROM commitq.claim('bench', $1, $2, '5 minutes')",
