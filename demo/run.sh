@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: build and install the extension, start the project-local
-# cluster, and follow one job from enqueue to claim to completion in psql.
+# cluster, then play the stories of commitq naively and with commitq, side
+# by side, and print what a user would see.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -8,4 +9,6 @@ dev/install-extension.sh
 dev/cluster.sh start
 eval "$(dev/cluster.sh env)"
 dev/cluster.sh createdb commitq_demo
-dev/cluster.sh psql -d commitq_demo -X -q -f demo/one_job.sql
+cargo build --release --quiet -p commitq-demo
+export COMMITQ_DATABASE_URL="$COMMITQ_DATABASE_URL dbname=commitq_demo"
+exec target/release/commitq-demo
