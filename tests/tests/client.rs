@@ -522,3 +522,76 @@ async fn a_lost_lease_rolls_back_the_handlers_writes() {
     handle.await.unwrap();
     assert_eq!(count(&client, "SELECT count(*) FROM commitq.jobs").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connections_are_killed_recovers_and_runs_the_job_once() {
+    let (db, client) = setup("t_client_killed").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute("UPDATE commitq.config SET backoff_base = '0', backoff_cap = '0'")
+        .await
+        .unwrap();
+    client
+        .enqueue(&Record {
+            n: 1,
+            label: "once".into(),
+        })
+        .await
+        .unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 1)
+        .poll_interval(Duration::from_millis(100))
+        .handle(|ctx, job: Record| async move {
+            let mut conn = ctx.client().pool().get().await?;
+            let tx = conn.transaction().await?;
+            tx.execute(
+                "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
+                &[&job.n, &job.label, &ctx.attempt],
+            )
+            .await?;
+            // The first attempt is slow: its connection is killed meanwhile.
+            if ctx.attempt == 1 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            ctx.complete_in(&*tx).await?;
+            tx.commit().await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    wait_until(
+        "the first attempt to run",
+        Duration::from_secs(10),
+        async || {
+            count(
+                &client,
+                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    // Kill every connection of the worker's pool (everything but ours).
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    // From here on, look through our own connection: the pool's were killed.
+    let on_admin = async |sql: &str| -> i64 { admin.query_one(sql, &[]).await.unwrap().get(0) };
+    wait_until("the job to complete", Duration::from_secs(20), async || {
+        on_admin("SELECT count(*) FROM commitq.jobs").await == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    // The killed attempt's insert rolled back with its connection.
+    assert_eq!(on_admin("SELECT count(*) FROM public.effects").await, 1);
+    assert_eq!(
+        on_admin("SELECT attempt::bigint FROM public.effects").await,
+        2
+    );
+}
