@@ -117,6 +117,7 @@ pub struct WorkerPoolBuilder {
     job_timeout: Duration,
     maintain_interval: Option<Duration>,
     batch: usize,
+    claimers: usize,
     grace: Duration,
     metrics: Arc<Metrics>,
 }
@@ -187,6 +188,14 @@ impl WorkerPoolBuilder {
         self
     }
 
+    /// Claim loops per queue (default 1). With short jobs one loop, waiting
+    /// for each claim's round trip, cannot keep many handlers busy; several
+    /// loops share the queue's handler slots.
+    pub fn claimers(mut self, n: usize) -> Self {
+        self.claimers = n.clamp(1, 64);
+        self
+    }
+
     /// On shutdown, how long running jobs may finish before they are
     /// cancelled and handed back (default 10 s).
     pub fn grace(mut self, grace: Duration) -> Self {
@@ -243,6 +252,7 @@ impl WorkerPool {
             job_timeout: Duration::from_secs(300),
             maintain_interval: Some(Duration::from_secs(5)),
             batch: 10,
+            claimers: 1,
             grace: Duration::from_secs(10),
             metrics: Arc::new(Metrics::default()),
         }
@@ -280,13 +290,16 @@ impl WorkerPool {
             background.spawn(maintain(shared.clone(), every));
         }
         for (queue, concurrency) in &shared.cfg.queues {
-            background.spawn(claim_loop(
-                shared.clone(),
-                queue.clone(),
-                Arc::new(Semaphore::new(*concurrency)),
-                notifies[queue].clone(),
-                jobs.clone(),
-            ));
+            let slots = Arc::new(Semaphore::new(*concurrency));
+            for _ in 0..shared.cfg.claimers {
+                background.spawn(claim_loop(
+                    shared.clone(),
+                    queue.clone(),
+                    slots.clone(),
+                    notifies[queue].clone(),
+                    jobs.clone(),
+                ));
+            }
         }
 
         shutdown.await;

@@ -68,6 +68,16 @@ pub async fn drained(c: &Client, queue: &str) {
     }
 }
 
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let url = std::env::var("COMMITQ_DATABASE_URL")
@@ -94,8 +104,8 @@ async fn main() {
     };
     let started = Instant::now();
     let mut rows = Vec::new();
-    // Ctrl-C stops the demo between stories; each story's worker pool also
-    // shuts down gracefully when it is done.
+    // Ctrl-C or SIGTERM stops the demo; each story's worker pool shuts down
+    // gracefully when its story is done.
     tokio::select! {
         _ = async {
             ctx.bar.set_message("courses and suspensions");
@@ -107,7 +117,7 @@ async fn main() {
             ctx.bar.set_message("SMS credits");
             rows.extend(stories::sms_credits::run(&ctx).await);
         } => {}
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupted() => {
             ctx.bar.abandon_with_message("interrupted");
             return;
         }

@@ -273,6 +273,146 @@ async fn raw_drain(url: &str, c: &Client, args: &Args, batch: i64) -> f64 {
     .await
 }
 
+/// The benchmark's no-op job: the drain fills the queue with other args,
+/// which it ignores; the latency run numbers its jobs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Noop {
+    #[serde(default)]
+    n: i64,
+}
+
+impl commitq::Job for Noop {
+    const KIND: &'static str = "noop";
+    const QUEUE: &'static str = "bench";
+}
+
+/// Drain the queue with the `commitq` crate's worker pool and no-op handlers.
+async fn client_drain(url: &str, c: &Client, args: &Args, handlers: usize) -> f64 {
+    reset(c).await;
+    c.execute("UPDATE commitq.config SET keep_completed = false", &[])
+        .await
+        .unwrap();
+    fill_commitq(c, args.jobs).await;
+    let client = commitq::Client::connect(url).await.unwrap();
+    let pool = commitq::WorkerPool::builder(client)
+        .queue("bench", handlers)
+        // One claim loop per 16 handlers, each claiming for its share.
+        .claimers((handlers / 16).max(1))
+        .batch(handlers / (handlers / 16).max(1))
+        .poll_interval(Duration::from_millis(20))
+        .handle(|_ctx, _job: Noop| async { Ok(commitq::Outcome::Complete) })
+        .build();
+    let metrics = pool.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let start = Instant::now();
+    let running = tokio::spawn(pool.run_until(async {
+        let _ = stopped.await;
+    }));
+    while metrics.snapshot().completed < args.jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = args.jobs as f64 / start.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    running.await.unwrap();
+    rate
+}
+
+/// Enqueue-commit to handler-start latency at a steady `rate` jobs/s for
+/// `secs`, through the worker pool: (p50, p99, max) in milliseconds.
+async fn latency(url: &str, c: &Client, rate: u64, secs: u64) -> (f64, f64, f64) {
+    reset(c).await;
+    let total = (rate * secs) as usize;
+    let committed: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..total).map(|_| Default::default()).collect());
+    let started: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..total).map(|_| Default::default()).collect());
+    let client = commitq::Client::connect(url).await.unwrap();
+    let seen = started.clone();
+    let pool = commitq::WorkerPool::builder(client.clone())
+        .queue("bench", 16)
+        .poll_interval(Duration::from_secs(1))
+        .handle(move |_ctx, job: Noop| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen[job.n as usize].set(Instant::now());
+                Ok(commitq::Outcome::Complete)
+            }
+        })
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(pool.run_until(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Four producers, each its own connection, sharing the steady rate.
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (url, committed) = (url.to_string(), committed.clone());
+        producers.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            let stmt = c
+                .prepare(
+                    "SELECT commitq.enqueue('bench', 'noop', jsonb_build_object('n', $1::bigint))",
+                )
+                .await
+                .unwrap();
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(4.0 / rate as f64));
+            for n in (p..total).step_by(4) {
+                tick.tick().await;
+                c.execute(&stmt, &[&(n as i64)]).await.unwrap();
+                let _ = committed[n].set(Instant::now());
+            }
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    while started.iter().any(|s| s.get().is_none()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    // A handler can start before the producer notes its commit time: count that as 0.
+    let mut ms: Vec<f64> = (0..total)
+        .map(|i| {
+            let (c, s) = (committed[i].get().unwrap(), started[i].get().unwrap());
+            s.saturating_duration_since(*c).as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], ms[ms.len() * 99 / 100], ms[ms.len() - 1])
+}
+
+/// Resident memory of this process, in MiB, while `handlers` handlers of a
+/// worker pool are all busy.
+async fn memory_at(url: &str, c: &Client, handlers: usize) -> f64 {
+    reset(c).await;
+    fill_commitq(c, handlers * 3).await;
+    let client = commitq::Client::connect(url).await.unwrap();
+    let pool = commitq::WorkerPool::builder(client)
+        .queue("bench", handlers)
+        .batch(handlers)
+        .handle(|_ctx, _job: Noop| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(commitq::Outcome::Complete)
+        })
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(pool.run_until(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_kib: f64 = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0.0);
+    let _ = stop.send(());
+    running.await.unwrap();
+    rss_kib / 1024.0
+}
+
 /// One measured system of one workload.
 #[derive(Clone, Copy, Debug)]
 enum Measure {
@@ -282,6 +422,8 @@ enum Measure {
     EnqueueMany,
     RawDrain(i64),
     CommitqDrain(i32, Drain, bool),
+    /// The `commitq` crate's worker pool, no-op handlers, this many at once.
+    ClientDrain(usize),
 }
 
 impl Measure {
@@ -291,7 +433,7 @@ impl Measure {
                 format!("single enqueue, own transaction, {} clients", args.clients)
             }
             Measure::RawBulk | Measure::EnqueueMany => format!("bulk enqueue of {}", args.jobs),
-            Measure::RawDrain(_) | Measure::CommitqDrain(..) => {
+            Measure::RawDrain(_) | Measure::CommitqDrain(..) | Measure::ClientDrain(_) => {
                 format!("drain of {}, {} claimers", args.jobs, args.claimers)
             }
         }
@@ -314,6 +456,7 @@ impl Measure {
                     if *keep { ", keep_completed" } else { "" }
                 )
             }
+            Measure::ClientDrain(n) => format!("commitq crate WorkerPool, {n} handlers"),
         }
     }
 
@@ -322,7 +465,7 @@ impl Measure {
         match self {
             Measure::Enqueue => Some(Measure::RawInsert),
             Measure::EnqueueMany => Some(Measure::RawBulk),
-            Measure::CommitqDrain(..) => Some(Measure::RawDrain(10)),
+            Measure::CommitqDrain(..) | Measure::ClientDrain(_) => Some(Measure::RawDrain(10)),
             _ => None,
         }
     }
@@ -360,6 +503,7 @@ impl Measure {
             Measure::CommitqDrain(batch, how, keep) => {
                 commitq_drain(url, c, args, batch, how, keep).await
             }
+            Measure::ClientDrain(handlers) => client_drain(url, c, args, handlers).await,
         }
     }
 }
@@ -399,6 +543,8 @@ async fn main() {
             Measure::CommitqDrain(100, Drain::ClaimThenComplete, false),
             Measure::CommitqDrain(100, Drain::CompleteAndClaim, false),
             Measure::CommitqDrain(100, Drain::CompleteAndClaim, true),
+            Measure::ClientDrain(16),
+            Measure::ClientDrain(64),
         ],
     ];
     let mut results: Vec<(Measure, Vec<f64>)> = Vec::new();
@@ -441,4 +587,16 @@ async fn main() {
             m.system()
         );
     }
+
+    eprintln!("latency at 500 jobs/s ...");
+    let (p50, p99, max) = latency(&db.url, &c, 500, args.seconds).await;
+    eprintln!("memory at 100 handlers ...");
+    let rss = memory_at(&db.url, &c, 100).await;
+    println!(
+        "\n| enqueue-commit to handler start, 500 jobs/s, {} s | p50 | p99 | max |",
+        args.seconds
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| commitq crate WorkerPool, 16 handlers | {p50:.2} ms | {p99:.2} ms | {max:.2} ms |");
+    println!("\nWorker process memory with 100 busy handlers (this benchmark process, RSS): {rss:.1} MiB");
 }
