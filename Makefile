@@ -1,11 +1,11 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
-.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench
+.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick
 
 ## Install PostgreSQL 15, clang and cargo-pgrx when missing (Debian 12).
 setup:
 	dev/setup.sh
 
-## Start the project-local cluster and show a job going from enqueue to claim.
+## Start the project-local cluster and play the races of background jobs, naive vs commitq.
 demo: setup
 	demo/run.sh
 
@@ -31,6 +31,9 @@ cluster-status:
 psql:
 	dev/cluster.sh psql -d commitq_demo
 
-## Measure commitq against raw SQL baselines on the project-local cluster.
+## Measure commitq against raw SQL baselines on the project-local cluster (`make bench-quick` for a short run).
 bench: cluster-start
 	cargo run --release -p commitq-tests --bin bench
+
+bench-quick: cluster-start
+	cargo run --release -p commitq-tests --bin bench -- --quick

@@ -320,6 +320,10 @@ impl WorkerPool {
     }
 }
 
+/// How long a claim loop waits for more free slots before claiming for the
+/// ones it has. Only spent while handlers are busy, never when idle.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// Claim batches for one queue while there are free handler slots.
 async fn claim_loop(
     shared: Arc<Shared>,
@@ -334,11 +338,21 @@ async fn claim_loop(
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shared.stopping.cancelled() => return,
         };
+        // Take every slot that is free, and wait a moment for slots about to
+        // be freed: with short jobs, handlers finish one by one, and claiming
+        // for each as it frees would make every claim a batch of one.
         let mut permits = vec![first];
+        let gather_until = tokio::time::Instant::now() + GATHER;
         while permits.len() < cfg.batch {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
-                Err(_) => break,
+                Err(_) => {
+                    match tokio::time::timeout_at(gather_until, slots.clone().acquire_owned()).await
+                    {
+                        Ok(p) => permits.push(p.expect("semaphore never closed")),
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let claimed = match claim(cfg, &queue, permits.len()).await {
