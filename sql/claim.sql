@@ -104,11 +104,7 @@ AS $$
 DECLARE
     v_lost integer;
 BEGIN
-    PERFORM commitq._check(CASE
-        WHEN complete_and_claim.job_ids IS NULL OR complete_and_claim.lease_tokens IS NULL
-            THEN 'job_ids and lease_tokens must not be NULL'
-        WHEN cardinality(complete_and_claim.job_ids) <> cardinality(complete_and_claim.lease_tokens)
-            THEN 'job_ids and lease_tokens must have the same length' END);
+    PERFORM commitq._check(commitq._batch_problem(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
     v_lost := cardinality(complete_and_claim.job_ids)
             - cardinality(commitq._complete_leased(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
     IF v_lost > 0 THEN

@@ -13,7 +13,7 @@ use commitq::{Job, Outcome, WorkerPool};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::stories::with_pool;
+use crate::stories::{both, with_pool};
 use crate::{connect, naive, Ctx, Row, WORKERS};
 
 const ACCOUNTS: i64 = 150;
@@ -134,30 +134,31 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     });
     tokio::join!(naive_side, commitq_side);
 
-    let stat = |sql: &'static str| {
-        let c = &c;
-        async move {
-            let naive: i64 = c.query_one(sql, &[&"naive"]).await.unwrap().get(0);
-            let commitq: i64 = c.query_one(sql, &[&"commitq"]).await.unwrap().get(0);
-            (naive, commitq)
-        }
-    };
-    let (n_susp, c_susp) =
-        stat("SELECT count(*) FROM demo.accounts WHERE via = $1 AND suspended").await;
-    let (n_mail, c_mail) = stat("SELECT count(*) FROM demo.suspension_emails WHERE via = $1").await;
-    let (n_dup, c_dup) = stat(
+    let (n_susp, c_susp) = both(
+        &c,
+        "SELECT count(*) FROM demo.accounts WHERE via = $1 AND suspended",
+    )
+    .await;
+    let (n_mail, c_mail) = both(
+        &c,
+        "SELECT count(*) FROM demo.suspension_emails WHERE via = $1",
+    )
+    .await;
+    let (n_dup, c_dup) = both(
+        &c,
         "SELECT count(*) FROM (SELECT account FROM demo.suspension_emails WHERE via = $1
                                 GROUP BY account HAVING count(*) > 1) d",
     )
     .await;
-    let (n_after, c_after) = stat(
+    let (n_after, c_after) = both(
+        &c,
         "SELECT count(*) FROM (SELECT account, count(*) FROM demo.charges c
                                  JOIN demo.accounts a ON a.id = c.account
                                 WHERE c.via = $1 AND a.card_declines GROUP BY account) d
           CROSS JOIN LATERAL (SELECT generate_series(2, d.count)) extra",
     )
     .await;
-    let (n_charges, c_charges) = stat("SELECT count(*) FROM demo.charges WHERE via = $1").await;
+    let (n_charges, c_charges) = both(&c, "SELECT count(*) FROM demo.charges WHERE via = $1").await;
     let story = "1. courses and suspensions";
     vec![
         Row {

@@ -12,7 +12,7 @@ use commitq::{EnqueueOptions, Job, Outcome, WorkerPool};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::stories::with_pool;
+use crate::stories::{both, with_pool};
 use crate::{connect, naive, pseudo_random, Ctx, Row, WORKERS};
 
 const PRODUCERS: i64 = 8;
@@ -127,22 +127,16 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     tokio::join!(naive_side, commitq_side);
 
     let c = connect(&ctx.url).await;
-    let stat = |sql: &'static str| {
-        let c = &c;
-        async move {
-            let naive: i64 = c.query_one(sql, &[&"naive"]).await.unwrap().get(0);
-            let commitq: i64 = c.query_one(sql, &[&"commitq"]).await.unwrap().get(0);
-            (naive, commitq)
-        }
-    };
-    let (n_records, c_records) = stat("SELECT count(*) FROM demo.records WHERE via = $1").await;
-    let (n_jobs, c_jobs) = stat("SELECT count(*) FROM demo.mailings WHERE via = $1").await;
-    let (n_missing, c_missing) = stat(
+    let (n_records, c_records) = both(&c, "SELECT count(*) FROM demo.records WHERE via = $1").await;
+    let (n_jobs, c_jobs) = both(&c, "SELECT count(*) FROM demo.mailings WHERE via = $1").await;
+    let (n_missing, c_missing) = both(
+        &c,
         "SELECT count(*) FROM demo.mailings m WHERE via = $1 AND NOT found
             AND EXISTS (SELECT 1 FROM demo.records r WHERE r.id = m.record)",
     )
     .await;
-    let (n_ghost, c_ghost) = stat(
+    let (n_ghost, c_ghost) = both(
+        &c,
         "SELECT count(*) FROM demo.mailings m WHERE via = $1
             AND NOT EXISTS (SELECT 1 FROM demo.records r WHERE r.id = m.record)",
     )

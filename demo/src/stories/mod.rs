@@ -57,3 +57,11 @@ pub async fn with_pool(
     let _ = stop.send(());
     running.await.unwrap();
 }
+
+/// A query with one parameter, the side (`via`), run for both sides:
+/// (naive, commitq).
+pub async fn both(c: &tokio_postgres::Client, sql: &str) -> (i64, i64) {
+    let naive: i64 = c.query_one(sql, &[&"naive"]).await.unwrap().get(0);
+    let commitq: i64 = c.query_one(sql, &[&"commitq"]).await.unwrap().get(0);
+    (naive, commitq)
+}

@@ -12,7 +12,7 @@ use commitq::{EnqueueOptions, Job, Outcome, WorkerPool};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Barrier;
 
-use crate::stories::with_pool;
+use crate::stories::{both, with_pool};
 use crate::{connect, Ctx, Row, WORKERS};
 
 const BUILDS: i64 = 40;
@@ -118,16 +118,10 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     tokio::join!(naive_side, commitq_side);
 
     let c = connect(&ctx.url).await;
-    let stat = |sql: &'static str| {
-        let c = &c;
-        async move {
-            let naive: i64 = c.query_one(sql, &[&"naive"]).await.unwrap().get(0);
-            let commitq: i64 = c.query_one(sql, &[&"commitq"]).await.unwrap().get(0);
-            (naive, commitq)
-        }
-    };
-    let (n_queues, c_queues) = stat("SELECT count(*) FROM demo.build_queues WHERE via = $1").await;
-    let (n_twice, c_twice) = stat(
+    let (n_queues, c_queues) =
+        both(&c, "SELECT count(*) FROM demo.build_queues WHERE via = $1").await;
+    let (n_twice, c_twice) = both(
+        &c,
         "SELECT count(*) FROM (SELECT build FROM demo.build_queues WHERE via = $1
                                 GROUP BY build HAVING count(*) > 1) d",
     )

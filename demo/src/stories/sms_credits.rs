@@ -12,7 +12,7 @@ use commitq::{Job, Outcome, WorkerPool};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::stories::with_pool;
+use crate::stories::{both, with_pool};
 use crate::{connect, naive, Ctx, Row, WORKERS};
 
 const CREDITS: i32 = 100;
@@ -126,17 +126,12 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
     });
     tokio::join!(naive_side, commitq_side);
 
-    let stat = |sql: &'static str| {
-        let c = &c;
-        async move {
-            let naive: i64 = c.query_one(sql, &[&"naive"]).await.unwrap().get(0);
-            let commitq: i64 = c.query_one(sql, &[&"commitq"]).await.unwrap().get(0);
-            (naive, commitq)
-        }
-    };
-    let (n_sent, c_sent) = stat("SELECT count(*) FROM demo.sms WHERE via = $1").await;
-    let (n_left, c_left) =
-        stat("SELECT credits::bigint FROM demo.communities WHERE via = $1").await;
+    let (n_sent, c_sent) = both(&c, "SELECT count(*) FROM demo.sms WHERE via = $1").await;
+    let (n_left, c_left) = both(
+        &c,
+        "SELECT credits::bigint FROM demo.communities WHERE via = $1",
+    )
+    .await;
     let story = "4. SMS credits";
     vec![
         Row {
