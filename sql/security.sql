@@ -61,6 +61,15 @@ GRANT EXECUTE ON FUNCTION
     commitq.maintain()
     TO commitq_worker;
 
+-- Named leases are for application code and workers alike.
+GRANT EXECUTE ON FUNCTION
+    commitq.try_acquire_lease(text, text, interval),
+    commitq.acquire_lease(text, text, interval, interval),
+    commitq.renew_lease(text, bigint, interval),
+    commitq.release_lease(text, bigint),
+    commitq.assert_fencing_token(text, bigint)
+    TO commitq_producer, commitq_worker;
+
 GRANT EXECUTE ON FUNCTION
     commitq.cancel(bigint),
     commitq.retry(bigint)

@@ -48,6 +48,11 @@ extension_sql_file!(
     name = "maintain",
     requires = ["internal"]
 );
+extension_sql_file!(
+    "../../sql/named_lease.sql",
+    name = "named_lease",
+    requires = ["internal"]
+);
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
