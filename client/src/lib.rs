@@ -46,12 +46,14 @@
 mod client;
 mod error;
 mod job;
+mod lease;
 mod metrics;
 mod worker;
 
 pub use client::{enqueue, enqueue_many, Client};
 pub use error::Error;
 pub use job::{EnqueueOptions, Enqueued, Job};
+pub use lease::Lease;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use worker::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
 
