@@ -91,6 +91,12 @@ BEGIN
     )
     SELECT count(*) INTO pruned_keys FROM gone;
 
+    -- Effects of jobs that are gone (completed and deleted, or pruned).
+    DELETE FROM commitq.job_effects e
+     WHERE e.created_at < now() - c.finished_retention
+       AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = e.job_id)
+       AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = e.job_id);
+
     -- A worker that stopped without claiming again stays registered as
     -- waiting; forget it after a while (it only costs needless NOTIFYs).
     DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';

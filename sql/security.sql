@@ -58,6 +58,8 @@ GRANT EXECUTE ON FUNCTION
     commitq.heartbeat(bigint, bigint, interval),
     commitq.snooze(bigint, bigint, interval),
     commitq.assert_lease(bigint, bigint),
+    commitq.effect_begin(bigint, bigint, text),
+    commitq.effect_done(bigint, bigint, text, jsonb),
     commitq.maintain()
     TO commitq_worker;
 

@@ -39,6 +39,9 @@ pub enum Error {
     /// A job's args could not be turned into JSON.
     #[error("serializing job args: {0}")]
     Serialize(serde_json::Error),
+    /// A side effect run through `JobContext::effect` failed.
+    #[error("effect failed: {0}")]
+    Effect(String),
     /// Any other database or connection error.
     #[error(transparent)]
     Database(tokio_postgres::Error),

@@ -89,6 +89,47 @@ impl JobContext {
         Ok(())
     }
 
+    /// Do the named side effect `name` of this job at most once across its
+    /// attempts: if an earlier attempt recorded it, return its recorded
+    /// result without calling `effect`; otherwise call `effect` with an
+    /// idempotency key that is the same for every attempt (hand it to the
+    /// external API, so a call whose result was lost is not repeated there
+    /// either) and record the result. Fails with `Error::StaleLease` or
+    /// `Error::LeaseExpired` if the lease moved on.
+    pub async fn effect<T, F, Fut>(&self, name: &str, effect: F) -> Result<T, Error>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        let conn = self.client.pool().get().await?;
+        let row = conn
+            .query_one(
+                "SELECT done, idempotency_key, result FROM commitq.effect_begin($1, $2, $3)",
+                &[&self.job_id, &self.lease_token, &name],
+            )
+            .await?;
+        let (done, key): (bool, String) = (row.get(0), row.get(1));
+        if done {
+            let recorded: Option<Value> = row.get(2);
+            return serde_json::from_value(recorded.unwrap_or(Value::Null)).map_err(|e| {
+                Error::Effect(format!(
+                    "recorded result of {name} does not deserialize: {e}"
+                ))
+            });
+        }
+        let result = effect(key)
+            .await
+            .map_err(|e| Error::Effect(format!("{name}: {e}")))?;
+        let value = serde_json::to_value(&result).map_err(Error::Serialize)?;
+        conn.execute(
+            "SELECT commitq.effect_done($1, $2, $3, $4)",
+            &[&self.job_id, &self.lease_token, &name, &value],
+        )
+        .await?;
+        Ok(result)
+    }
+
     /// True once the job was cancelled by an operator, its lease was lost, or
     /// the pool is shutting down past its grace period: stop soon.
     pub fn is_cancelled(&self) -> bool {

@@ -53,6 +53,11 @@ extension_sql_file!(
     name = "named_lease",
     requires = ["internal"]
 );
+extension_sql_file!(
+    "../../sql/effect.sql",
+    name = "effect",
+    requires = ["internal"]
+);
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 

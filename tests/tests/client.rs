@@ -595,3 +595,57 @@ async fn a_worker_whose_connections_are_killed_recovers_and_runs_the_job_once() 
         2
     );
 }
+
+/// A retried job does not repeat an effect an earlier attempt recorded:
+/// "charge the card" runs once although the receipt step fails once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_skips_effects_already_done() {
+    let (db, client) = setup("t_client_effects").await;
+    db.connect()
+        .await
+        .batch_execute("UPDATE commitq.config SET backoff_base = '0', backoff_cap = '0'")
+        .await
+        .unwrap();
+    let job = client
+        .enqueue(&Record {
+            n: 9,
+            label: "order".into(),
+        })
+        .await
+        .unwrap();
+    let charges: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let calls = charges.clone();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 1)
+        .poll_interval(Duration::from_millis(100))
+        .handle(move |ctx, _job: Record| {
+            let calls = calls.clone();
+            async move {
+                let charge_id: String = ctx
+                    .effect("charge_card", |key| async move {
+                        // The payment API, called with a key stable across attempts.
+                        calls.lock().unwrap().push(key.clone());
+                        Ok(format!("ch_{key}"))
+                    })
+                    .await?;
+                if ctx.attempt == 1 {
+                    return Err(format!("receipt for {charge_id} bounced").into());
+                }
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    wait_until("the job to complete", Duration::from_secs(20), async || {
+        count(&client, "SELECT count(*) FROM commitq.jobs").await == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    let calls = charges.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![format!("commitq-{}-charge_card", job.job_id)],
+        "charged exactly once"
+    );
+}
