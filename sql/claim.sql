@@ -49,6 +49,7 @@ BEGIN
        SET state = 'available'
      WHERE j.id IN (SELECT s.id FROM commitq.jobs s
                      WHERE s.state = 'scheduled' AND s.run_at <= now() AND s.queue = claim.queue
+                       AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
                      ORDER BY s.run_at
                      LIMIT 1000
                        FOR UPDATE SKIP LOCKED);

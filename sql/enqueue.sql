@@ -4,7 +4,9 @@
 
 -- Insert one job. With an idempotency key that already names a job of this
 -- queue (live, or enqueued within commitq.config.idempotency_window), insert
--- nothing and return that job with inserted = false.
+-- nothing and return that job with inserted = false. With after_xact (a
+-- pg_current_xact_id() of another connection's transaction) the job waits
+-- until that transaction commits, and is cancelled if it aborts.
 CREATE FUNCTION commitq.enqueue(
     queue text,
     kind text,
@@ -14,6 +16,7 @@ CREATE FUNCTION commitq.enqueue(
     max_attempts integer DEFAULT 25,
     idempotency_key text DEFAULT NULL,
     concurrency_key text DEFAULT NULL,
+    after_xact xid8 DEFAULT NULL,
     OUT job_id bigint,
     OUT inserted boolean)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -25,6 +28,7 @@ DECLARE
     v_window interval;
     v_problem text;
     v_wake boolean;
+    v_gated boolean := false;
 BEGIN
     -- This is the hot path of every producer: the checks are one C call and
     -- an inline RAISE, and commitq.config is read only when a key needs it.
@@ -34,6 +38,12 @@ BEGIN
         enqueue.idempotency_key, enqueue.concurrency_key);
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
+    END IF;
+    IF enqueue.after_xact IS NOT NULL THEN
+        -- Raises for a transaction id from the future; a gated job waits in
+        -- 'scheduled' until claim or maintain sees its transaction commit.
+        PERFORM pg_xact_status(enqueue.after_xact);
+        v_gated := true;
     END IF;
 
     enqueue.inserted := true;
@@ -67,14 +77,14 @@ BEGIN
     -- The insert also tells whether a worker waits for this queue, so the
     -- common path is a single statement.
     INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
-                                   idempotency_key, concurrency_key)
+                                   idempotency_key, concurrency_key, after_xact)
     VALUES (coalesce(enqueue.job_id, nextval('commitq.job_id_seq')), enqueue.queue, enqueue.kind,
             enqueue.args,
-            CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+            CASE WHEN v_run_at > now() OR v_gated THEN 'scheduled' ELSE 'available' END::commitq.job_state,
             enqueue.priority, v_run_at, enqueue.max_attempts,
-            enqueue.idempotency_key, enqueue.concurrency_key)
+            enqueue.idempotency_key, enqueue.concurrency_key, enqueue.after_xact)
     RETURNING j.id,
-              v_run_at <= now()
+              v_run_at <= now() AND NOT v_gated
               AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = enqueue.queue)
          INTO enqueue.job_id, v_wake;
 

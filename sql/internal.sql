@@ -143,3 +143,15 @@ AS $$
     SELECT pg_catalog.pg_notify('commitq:' || p_queue, '')
      WHERE EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = p_queue)
 $$;
+
+-- Whether transaction `x` committed and is visible to a snapshot taken now:
+-- the commit log can say "committed" a moment before a new snapshot stops
+-- counting the transaction as running, and a job gated on it must see its
+-- rows.
+CREATE FUNCTION commitq._xact_committed(x xid8) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.pg_xact_status(x) = 'committed'
+       AND pg_catalog.pg_visible_in_snapshot(x, pg_catalog.pg_current_snapshot())
+$$;

@@ -54,10 +54,30 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- Jobs gated on a transaction that aborted never run. A status of NULL
+    -- means the transaction is too old for Postgres to remember (its commit
+    -- log was truncated, after about two billion transactions): its job is
+    -- cancelled too, with the reason in its errors, for an operator to retry.
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'scheduled' AND x.after_xact IS NOT NULL
+           AND coalesce(pg_xact_status(x.after_xact), 'unknown') IN ('aborted', 'unknown')
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE commitq.jobs SET errors = commitq._push_error(j.errors, j.attempt, NULL,
+                   format('gating transaction %s %s', j.after_xact,
+                          coalesce(pg_xact_status(j.after_xact), 'is too old to know')))
+         WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        discarded := discarded + 1;
+    END LOOP;
+
     WITH due AS (
         UPDATE commitq.jobs u SET state = 'available'
          WHERE u.id IN (SELECT s.id FROM commitq.jobs s
                          WHERE s.state = 'scheduled' AND s.run_at <= now()
+                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
                          ORDER BY s.run_at
                          LIMIT c.maintain_batch
                            FOR UPDATE SKIP LOCKED)

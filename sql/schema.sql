@@ -48,6 +48,9 @@ CREATE TABLE commitq.jobs (
     idempotency_key   text,
     concurrency_key   text,
     cancel_requested  boolean NOT NULL DEFAULT false,
+    -- Claimable only once this transaction has committed; cancelled if it
+    -- aborted (see enqueue's after_xact).
+    after_xact        xid8,
     -- The last few errors (commitq.config.error_history), oldest first.
     errors            jsonb NOT NULL DEFAULT '[]',
     enqueued_at       timestamptz NOT NULL DEFAULT now(),

@@ -44,7 +44,7 @@ GRANT USAGE ON TYPE commitq.job_state, commitq.claimed_job
     TO commitq_producer, commitq_worker, commitq_operator;
 
 GRANT EXECUTE ON FUNCTION
-    commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text),
+    commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8),
     commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[]),
     commitq.enqueue_many(jsonb)
     TO commitq_producer;

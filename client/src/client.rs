@@ -75,7 +75,7 @@ impl Client {
 const ENQUEUE_SQL: &str = "SELECT job_id, inserted FROM commitq.enqueue(
     $1, $2, $3, coalesce($4::int4, 0),
     coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-    coalesce($7::int4, 25), $8, $9)";
+    coalesce($7::int4, 25), $8, $9, $10::int8::text::xid8)";
 
 /// Enqueue `job` with `options` through `client`, which may be a
 /// transaction of the caller's: the job then commits, or vanishes, with it.
@@ -100,6 +100,7 @@ pub async fn enqueue<C: GenericClient, J: Job>(
                 &options.max_attempts,
                 &options.idempotency_key,
                 &options.concurrency_key,
+                &options.after_xact,
             ],
         )
         .await?;

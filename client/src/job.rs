@@ -47,6 +47,9 @@ pub struct EnqueueOptions {
     pub idempotency_key: Option<String>,
     /// Jobs sharing this key never run at the same time.
     pub concurrency_key: Option<String>,
+    /// Claimable only once this transaction (a `pg_current_xact_id()` of
+    /// another connection) has committed; cancelled if it aborts.
+    pub after_xact: Option<i64>,
 }
 
 impl EnqueueOptions {
@@ -76,6 +79,10 @@ impl EnqueueOptions {
     }
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
         self.concurrency_key = Some(key.into());
+        self
+    }
+    pub fn after_xact(mut self, xact: i64) -> Self {
+        self.after_xact = Some(xact);
         self
     }
 }

@@ -649,3 +649,78 @@ async fn a_retry_skips_effects_already_done() {
         "charged exactly once"
     );
 }
+
+/// A job enqueued from another connection, gated on the request's
+/// transaction, runs only after that transaction commits and sees its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_gated_on_another_transaction_waits_for_its_commit() {
+    let (db, client) = setup("t_client_gated").await;
+    let mut request = db.connect().await;
+    let tx = request.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO public.effects (n, label) VALUES (5, 'request row')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let xact: i64 = tx
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Enqueued on a pooled connection, outside the request's transaction.
+    let opts = EnqueueOptions::default().after_xact(xact);
+    let conn = client.pool().get().await.unwrap();
+    commitq::enqueue(
+        &**conn,
+        &Record {
+            n: 5,
+            label: "mail".into(),
+        },
+        &opts,
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    let saw_row = Arc::new(AtomicUsize::new(0));
+    let seen = saw_row.clone();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 1)
+        .poll_interval(Duration::from_millis(50))
+        .handle(move |ctx, job: Record| {
+            let seen = seen.clone();
+            async move {
+                let conn = ctx.client().pool().get().await?;
+                let rows: i64 = conn
+                    .query_one(
+                        "SELECT count(*) FROM public.effects WHERE n = $1",
+                        &[&job.n],
+                    )
+                    .await?
+                    .get(0);
+                seen.store(rows as usize + 1, Ordering::SeqCst);
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        saw_row.load(Ordering::SeqCst),
+        0,
+        "ran before the request committed"
+    );
+    tx.commit().await.unwrap();
+    wait_until("the gated job", Duration::from_secs(10), async || {
+        saw_row.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        saw_row.load(Ordering::SeqCst),
+        2,
+        "the job saw the request's row"
+    );
+}
