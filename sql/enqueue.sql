@@ -39,6 +39,9 @@ BEGIN
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
     END IF;
+    IF enqueue.concurrency_key IS NOT NULL THEN
+        PERFORM commitq._no_concurrency_keys_yet();
+    END IF;
     IF enqueue.after_xact IS NOT NULL THEN
         -- Raises for a transaction id from the future; a gated job waits in
         -- 'scheduled' until claim or maintain sees its transaction commit.
@@ -165,6 +168,20 @@ BEGIN
 END
 $$;
 
+-- Concurrency keys (at most one running job per key) are not enforced by
+-- this version. Accepting a key that guards nothing would let callers
+-- believe their jobs are mutually exclusive, so a key is refused.
+CREATE FUNCTION commitq._no_concurrency_keys_yet() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'commitq: concurrency_key is not supported yet: jobs with a key would not be kept apart'
+        USING ERRCODE = '0A000',
+              HINT = 'leave concurrency_key NULL; lock the shared row in the handler''s transaction instead';
+END
+$$;
+
 -- Raise CQ001 for job `ord` of a batch if it has a problem; true otherwise.
 -- Called only for the rows the cheap inline checks of the bulk path cannot
 -- clear, so the common row pays no PL/pgSQL call.
@@ -182,6 +199,9 @@ BEGIN
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: job % of the batch: %', p_ord, v_problem
             USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
+    END IF;
+    IF p_ckey IS NOT NULL THEN
+        PERFORM commitq._no_concurrency_keys_yet();
     END IF;
     RETURN true;
 END

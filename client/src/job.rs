@@ -45,7 +45,9 @@ pub struct EnqueueOptions {
     pub max_attempts: Option<i32>,
     /// A second enqueue with the same key in the same queue returns the first job.
     pub idempotency_key: Option<String>,
-    /// Jobs sharing this key never run at the same time.
+    /// Reserved: jobs sharing this key are to never run at the same time.
+    /// This version of pg_commitq refuses a key (SQLSTATE 0A000) rather than
+    /// accept one it would not enforce.
     pub concurrency_key: Option<String>,
     /// Claimable only once this transaction (a `pg_current_xact_id()` of
     /// another connection) has committed; cancelled if it aborts.

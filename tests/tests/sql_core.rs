@@ -342,6 +342,8 @@ async fn bad_input_gets_its_sqlstate_and_changes_nothing() {
         ("CQ104", "SELECT commitq.retry(1)".into()),
         ("CQ104", "SELECT commitq.retry(3)".into()),
         ("22P02", "SELECT commitq.enqueue('q', 'k', '{not json')".into()),
+        ("0A000", "SELECT commitq.enqueue('q', 'k', '{}', concurrency_key => 'account:42')".into()),
+        ("0A000", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY['a'])".into()),
     ];
     for (code, sql) in &cases {
         let err = c.batch_execute(sql).await.expect_err(sql);
