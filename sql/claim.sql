@@ -33,6 +33,9 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_got integer;
+    v_keyed integer;
 BEGIN
     PERFORM commitq._check(coalesce(commitq._queue_problem(claim.queue), CASE
         WHEN claim.worker IS NULL OR length(claim.worker) NOT BETWEEN 1 AND 200
@@ -54,9 +57,12 @@ BEGIN
                      LIMIT 1000
                        FOR UPDATE SKIP LOCKED);
 
+    -- Jobs in claim order; those without a concurrency key are claimed by
+    -- this one statement. Keyed ones among them stay locked by us and are
+    -- handed to _claim_keyed, which also needs a slot of their key.
     RETURN QUERY
     WITH picked AS (
-        SELECT c.id FROM commitq.jobs c
+        SELECT c.id, c.concurrency_key FROM commitq.jobs c
          WHERE c.queue = claim.queue AND c.state = 'available'
          ORDER BY c.priority, c.run_at, c.id
          LIMIT claim.max_jobs
@@ -71,14 +77,22 @@ BEGIN
            worker = claim.worker,
            claimed_at = now()
       FROM picked
-     WHERE j.id = picked.id
+     WHERE j.id = picked.id AND picked.concurrency_key IS NULL
     RETURNING j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
               j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
               j.idempotency_key, j.errors;
+    GET DIAGNOSTICS v_got = ROW_COUNT;
+
+    IF v_got < claim.max_jobs THEN
+        RETURN QUERY SELECT * FROM commitq._claim_keyed(claim.queue, claim.worker,
+                                                        claim.max_jobs - v_got, claim.lease);
+        GET DIAGNOSTICS v_keyed = ROW_COUNT;
+        v_got := v_got + v_keyed;
+    END IF;
 
     -- A claim that found nothing registers the worker as waiting, so that
     -- enqueues to this queue send it a NOTIFY; one that found work clears it.
-    IF FOUND THEN
+    IF v_got > 0 THEN
         DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
     ELSE
         INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)

@@ -39,9 +39,6 @@ BEGIN
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
     END IF;
-    IF enqueue.concurrency_key IS NOT NULL THEN
-        PERFORM commitq._no_concurrency_keys_yet();
-    END IF;
     IF enqueue.after_xact IS NOT NULL THEN
         -- Raises for a transaction id from the future; a gated job waits in
         -- 'scheduled' until claim or maintain sees its transaction commit.
@@ -168,20 +165,6 @@ BEGIN
 END
 $$;
 
--- Concurrency keys (at most one running job per key) are not enforced by
--- this version. Accepting a key that guards nothing would let callers
--- believe their jobs are mutually exclusive, so a key is refused.
-CREATE FUNCTION commitq._no_concurrency_keys_yet() RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION 'commitq: concurrency_key is not supported yet: jobs with a key would not be kept apart'
-        USING ERRCODE = '0A000',
-              HINT = 'leave concurrency_key NULL; lock the shared row in the handler''s transaction instead';
-END
-$$;
-
 -- Raise CQ001 for job `ord` of a batch if it has a problem; true otherwise.
 -- Called only for the rows the cheap inline checks of the bulk path cannot
 -- clear, so the common row pays no PL/pgSQL call.
@@ -199,9 +182,6 @@ BEGIN
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'commitq: job % of the batch: %', p_ord, v_problem
             USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
-    END IF;
-    IF p_ckey IS NOT NULL THEN
-        PERFORM commitq._no_concurrency_keys_yet();
     END IF;
     RETURN true;
 END
@@ -269,7 +249,9 @@ BEGIN
            CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
            enqueue_many.priority, v_run_at, enqueue_many.max_attempts, t.ck
       FROM unnest(enqueue_many.args, enqueue_many.concurrency_keys) WITH ORDINALITY AS t(a, ck, ord)
-     WHERE CASE WHEN jsonb_typeof(t.a) = 'object' AND pg_column_size(t.a) <= v_max AND t.ck IS NULL
+     WHERE CASE WHEN jsonb_typeof(t.a) = 'object' AND pg_column_size(t.a) <= v_max
+                     -- printable ASCII keys pass inline; any other gets the full check
+                     AND (t.ck IS NULL OR t.ck ~ '^[ -~]{1,255}$')
                 THEN true
                 ELSE commitq._batch_job_ok(t.ord, enqueue_many.queue, enqueue_many.kind, t.a,
                                            enqueue_many.priority, v_run_at, enqueue_many.max_attempts,

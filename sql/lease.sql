@@ -5,7 +5,8 @@
 
 -- Complete every job of the batch whose (job_id, lease_token) is its
 -- current, live lease; return the ids completed. Completed jobs are deleted,
--- or moved to finished_jobs when commitq.config.keep_completed is on.
+-- or moved to finished_jobs when commitq.config.keep_completed is on; their
+-- concurrency keys' slots are given back in the same transaction.
 CREATE FUNCTION commitq._complete_leased(p_ids bigint[], p_tokens bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql
@@ -13,11 +14,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_done bigint[];
+    v_keys text[];
 BEGIN
     IF (SELECT c.keep_completed FROM commitq.config c) THEN
         -- Lock in id order so that two overlapping batches cannot deadlock.
-        SELECT coalesce(array_agg(l.id), '{}') INTO v_done
-          FROM (SELECT j.id
+        SELECT coalesce(array_agg(l.id), '{}'),
+               array_agg(l.concurrency_key) FILTER (WHERE l.concurrency_key IS NOT NULL)
+          INTO v_done, v_keys
+          FROM (SELECT j.id, j.concurrency_key
                   FROM commitq.jobs j
                  WHERE j.id = ANY (p_ids)
                    AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
@@ -34,9 +38,15 @@ BEGIN
              WHERE j.id = ANY (p_ids)
                AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
                AND j.state = 'running' AND j.lease_expires_at > clock_timestamp()
-            RETURNING j.id
+            RETURNING j.id, j.concurrency_key
         )
-        SELECT coalesce(array_agg(gone.id), '{}') INTO v_done FROM gone;
+        SELECT coalesce(array_agg(gone.id), '{}'),
+               array_agg(gone.concurrency_key) FILTER (WHERE gone.concurrency_key IS NOT NULL)
+          INTO v_done, v_keys
+          FROM gone;
+    END IF;
+    IF v_keys IS NOT NULL THEN
+        PERFORM commitq._release_keys(v_keys);
     END IF;
     RETURN v_done;
 END
@@ -122,6 +132,7 @@ BEGIN
         fail.run_at := j.run_at;
         UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
         PERFORM commitq._move_to_finished(ARRAY[j.id], fail.state);
+        PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
         RETURN;
     END IF;
 
@@ -131,6 +142,7 @@ BEGIN
        SET state = fail.state, run_at = fail.run_at, errors = v_errors,
            lease_expires_at = NULL
      WHERE id = j.id;
+    PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
     IF fail.state = 'available' THEN
         PERFORM commitq._wake(j.queue);
     END IF;
@@ -182,6 +194,7 @@ BEGIN
         WHEN snooze.delay IS NULL OR snooze.delay < interval '0' OR NOT isfinite(now() + snooze.delay)
             THEN 'delay must be a finite interval >= 0' END);
     j := commitq._locked_lease(snooze.job_id, snooze.lease_token);
+    PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
     IF j.cancel_requested THEN
         PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
         RETURN NULL;

@@ -5,7 +5,9 @@
 
 -- Rescue jobs whose lease expired (their worker died or stalled): retry them
 -- with backoff, or discard them after max_attempts, or cancel them if that
--- was requested; make due scheduled jobs available; prune finished jobs past
+-- was requested, giving back their concurrency keys' slots; make due
+-- scheduled jobs available, and blocked jobs whose key has a free slot
+-- (after a limit was raised); forget idle concurrency keys; prune finished jobs past
 -- commitq.config.finished_retention and idempotency keys past
 -- commitq.config.idempotency_window. Returns how many rows each step touched.
 CREATE FUNCTION commitq.maintain(
@@ -13,7 +15,9 @@ CREATE FUNCTION commitq.maintain(
     OUT discarded bigint,
     OUT promoted bigint,
     OUT pruned_jobs bigint,
-    OUT pruned_keys bigint)
+    OUT pruned_keys bigint,
+    OUT unblocked bigint,
+    OUT pruned_concurrency_keys bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -25,6 +29,7 @@ DECLARE
     v_final commitq.job_state;
     v_run_at timestamptz;
     v_woken bigint;
+    v_released text[] := '{}';
 BEGIN
     SELECT * INTO c FROM commitq.config;
     rescued := 0;
@@ -37,6 +42,7 @@ BEGIN
          LIMIT c.maintain_batch
            FOR UPDATE SKIP LOCKED
     LOOP
+        v_released := v_released || j.concurrency_key;
         v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
             format('lease expired at %s: worker %s stopped without completing or failing the job',
                    j.lease_expires_at, j.worker));
@@ -53,6 +59,9 @@ BEGIN
             rescued := rescued + 1;
         END IF;
     END LOOP;
+    -- The slots of the rescued jobs' keys: their workers lost them with
+    -- their leases.
+    PERFORM commitq._release_keys(v_released);
 
     -- Jobs gated on a transaction that aborted never run. A status of NULL
     -- means the transaction is too old for Postgres to remember (its commit
@@ -110,6 +119,9 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO pruned_keys FROM gone;
+
+    SELECT k.promoted, k.pruned INTO unblocked, pruned_concurrency_keys
+      FROM commitq._maintain_keys(c.maintain_batch) k;
 
     -- Effects of jobs that are gone (completed and deleted, or pruned).
     DELETE FROM commitq.job_effects e

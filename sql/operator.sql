@@ -1,6 +1,6 @@
 -- Operator actions on single jobs.
 
--- Cancel a job. A waiting job (scheduled or available) is cancelled at once;
+-- Cancel a job. A waiting job (scheduled, available, blocked) is cancelled at once;
 -- a running one is flagged: its worker sees cancel_requested on its next
 -- heartbeat, and the job ends as cancelled when the worker fails or snoozes
 -- it, or when its lease expires. A worker that completes it anyway completes
@@ -28,6 +28,12 @@ BEGIN
         RETURN 'running';
     END IF;
     PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+    -- An available keyed job may be the one promoted to take a free slot of
+    -- its key: pass that turn on to the next blocked job.
+    IF j.state = 'available' AND j.concurrency_key IS NOT NULL THEN
+        PERFORM 1 FROM commitq.concurrency_keys k WHERE k.key = j.concurrency_key FOR UPDATE;
+        PERFORM commitq._promote_blocked(j.concurrency_key, 1);
+    END IF;
     RETURN 'cancelled';
 END
 $$;
@@ -35,7 +41,8 @@ $$;
 -- Run a job again now. A scheduled job becomes available at once; a
 -- discarded, cancelled or completed job comes back from finished_jobs as
 -- available with its attempts reset and its error history kept. A job that
--- is running or already available is left alone (CQ104). Returns the state.
+-- is running, already available, or blocked behind its concurrency key is
+-- left alone (CQ104). Returns the state.
 CREATE FUNCTION commitq.retry(job_id bigint)
 RETURNS commitq.job_state
 LANGUAGE plpgsql SECURITY DEFINER

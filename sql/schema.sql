@@ -12,6 +12,10 @@
 --                          unique index that makes duplicate enqueues
 --                          impossible, for live jobs and for a retention window
 --                          after they finish.
+--   commitq.concurrency_keys  one row per concurrency key in use: how many of
+--                          its jobs run and how many may. Its row lock is
+--                          what serializes claims and releases of one key.
+--   commitq.concurrency_limits  limits other than 1, per key or key prefix.
 --   commitq.waiting_workers  workers whose last claim found nothing: only
 --                          queues with a waiting worker get a NOTIFY.
 --   commitq.config         one row of settings an operator may change. The
@@ -21,6 +25,8 @@
 CREATE TYPE commitq.job_state AS ENUM (
     'scheduled',  -- waiting for run_at (new with a future run_at, retried, snoozed)
     'available',  -- due: claim hands these out
+    'blocked',    -- due, but its concurrency key is at its limit: waits outside
+                  -- the claim index until a job of that key stops running
     'running',    -- claimed under a lease
     'completed',  -- finished successfully (finished_jobs only)
     'discarded',  -- failed max_attempts times, or failed permanently (finished_jobs only)
@@ -75,6 +81,16 @@ CREATE TABLE commitq.jobs (
 -- or waiting for a future run_at.
 CREATE INDEX jobs_claim_idx ON commitq.jobs (queue, priority, run_at, id)
     WHERE state = 'available';
+
+-- The claim path of jobs with a concurrency key, which need a slot of their
+-- key as well as their turn (see concurrency.sql). Kept apart so that claim
+-- finds them without walking past every job that has no key.
+CREATE INDEX jobs_claim_keyed_idx ON commitq.jobs (queue, priority, run_at, id)
+    WHERE state = 'available' AND concurrency_key IS NOT NULL;
+
+-- Jobs waiting for a slot of their key, in the order they get one.
+CREATE INDEX jobs_blocked_idx ON commitq.jobs (concurrency_key, priority, run_at, id)
+    WHERE state = 'blocked';
 
 -- Promotion of scheduled jobs that have come due.
 CREATE INDEX jobs_scheduled_idx ON commitq.jobs (run_at)
@@ -134,6 +150,32 @@ CREATE UNLOGGED TABLE commitq.waiting_workers (
     PRIMARY KEY (queue, worker)
 );
 
+-- Per-key mutual exclusion. `running` counts the key's jobs in state
+-- 'running'; it changes only under the row's lock, in the transaction that
+-- claims or ends such a job, so it is exact (no separate counter to drift
+-- after a crash or a lost heartbeat). Rows are created by the first claim of
+-- a key and pruned by maintain() once the key is idle.
+CREATE TABLE commitq.concurrency_keys (
+    key          text PRIMARY KEY,
+    running      integer NOT NULL DEFAULT 0,
+    max_running  integer NOT NULL
+) WITH (
+    -- Every claim and release of a keyed job rewrites its key's row: room on
+    -- the page keeps those updates HOT.
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- How many jobs of a key may run at once, when not 1. `pattern` is a key
+-- ('account:42') or a prefix ending in '*' ('tenant:*'); an exact key wins
+-- over prefixes, and a longer prefix over a shorter one. Set with
+-- commitq.set_concurrency_limit().
+CREATE TABLE commitq.concurrency_limits (
+    pattern      text PRIMARY KEY,
+    max_running  integer NOT NULL CHECK (max_running BETWEEN 1 AND 100000)
+);
+
 CREATE TABLE commitq.config (
     -- Exactly one row.
     singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -164,6 +206,8 @@ SELECT pg_catalog.pg_extension_config_dump('commitq.config', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.finished_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.idempotency_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.concurrency_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.concurrency_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.job_id_seq', '');
 
 -- Pruning of idempotency keys whose window has passed.

@@ -74,7 +74,8 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT EXECUTE ON FUNCTION
     commitq.cancel(bigint),
-    commitq.retry(bigint)
+    commitq.retry(bigint),
+    commitq.set_concurrency_limit(text, integer)
     TO commitq_operator;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA commitq TO commitq_operator;

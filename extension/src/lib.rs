@@ -34,6 +34,11 @@ extension_sql_file!(
     requires = ["internal"]
 );
 extension_sql_file!(
+    "../../sql/concurrency.sql",
+    name = "concurrency",
+    requires = ["claim"]
+);
+extension_sql_file!(
     "../../sql/lease.sql",
     name = "lease",
     requires = ["internal"]
