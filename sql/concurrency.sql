@@ -39,6 +39,14 @@ AS $$
         1)
 $$;
 
+-- The first half of the advisory lock taken while creating a key's row:
+-- constant, so that commitq's locks keep out of the application's way unless
+-- it happens to use the same number.
+CREATE FUNCTION commitq._key_lock_space() RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 1668377457 $$;  -- 'cqkq' in ASCII
+
 -- Make up to p_n blocked jobs of a key available, in claim order, and wake
 -- their queues. The caller holds the key's row lock.
 CREATE FUNCTION commitq._promote_blocked(p_key text, p_n integer) RETURNS integer
@@ -138,15 +146,21 @@ BEGIN
                            FOR UPDATE SKIP LOCKED) j) c;
         EXIT WHEN v_ids IS NULL;
 
-        -- First claim of a key: create its row. ON CONFLICT DO NOTHING waits
-        -- only for another claimer creating the same key, a short transaction.
+        -- First claim of a key: create its row. Two claimers creating the
+        -- same key would make the second wait for the first to commit, so
+        -- creating a key takes a transaction-level advisory lock on it first
+        -- (in commitq's own lock space), and a claimer that cannot get it
+        -- passes the key over, as it does a locked key row.
         INSERT INTO commitq.concurrency_keys (key, max_running)
-        SELECT DISTINCT k, commitq._key_limit(k) FROM unnest(v_keys) k
-         WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k)
+        SELECT n.k, commitq._key_limit(n.k)
+          FROM (SELECT DISTINCT k FROM unnest(v_keys) k
+                 WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k)) n
+         WHERE pg_try_advisory_xact_lock(commitq._key_lock_space(), hashtext(n.k))
         ON CONFLICT (key) DO NOTHING;
 
         -- The keys we can lock now, with their free slots; within a key the
-        -- earliest jobs get the slots and the rest are parked.
+        -- earliest jobs get the slots and the rest are parked; the earliest
+        -- p_want jobs that got a slot are claimed.
         WITH keys AS (
             SELECT c.key, c.max_running - c.running AS free
               FROM commitq.concurrency_keys c
@@ -157,17 +171,21 @@ BEGIN
                    row_number() OVER (PARTITION BY t.key ORDER BY t.ord) AS rk
               FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, key, ord)
               JOIN keys ON keys.key = t.key
+        ), granted AS (
+            SELECT ranked.id, ranked.ord,
+                   row_number() OVER (ORDER BY ranked.ord) AS n
+              FROM ranked WHERE ranked.rk <= ranked.free
         )
-        SELECT array_agg(ranked.id ORDER BY ranked.ord) FILTER (WHERE ranked.rk <= ranked.free),
-               array_agg(ranked.id) FILTER (WHERE ranked.rk > ranked.free)
-          INTO v_grant, v_park
-          FROM ranked;
+        SELECT (SELECT array_agg(g.id ORDER BY g.ord) FROM granted g WHERE g.n <= p_want),
+               (SELECT array_agg(r.id) FROM ranked r WHERE r.rk > r.free)
+          INTO v_grant, v_park;
 
         IF v_park IS NOT NULL THEN
             UPDATE commitq.jobs SET state = 'blocked' WHERE id = ANY (v_park);
         END IF;
-        -- Candidates of keys locked elsewhere stay available (and locked by
-        -- us until we commit): do not pick them again in the next round.
+        -- Candidates not claimed or parked (their key is busy in another
+        -- transaction, or the batch is full) stay available, locked by us
+        -- until we commit: do not pick them again in the next round.
         v_passed := v_passed || v_ids;
 
         IF v_grant IS NOT NULL THEN
@@ -194,9 +212,6 @@ BEGIN
             GET DIAGNOSTICS v_got = ROW_COUNT;
             p_want := p_want - v_got;
         END IF;
-        -- Nothing parked: the candidates were all granted or passed over, and
-        -- another round would find only what a concurrent claimer holds.
-        EXIT WHEN v_park IS NULL;
     END LOOP;
 END
 $$;

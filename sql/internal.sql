@@ -47,9 +47,14 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'commitq: job % not found', p_job_id USING ERRCODE = 'CQ101';
     END IF;
-    IF j.state <> 'running' OR j.lease_token <> p_lease_token THEN
-        RAISE EXCEPTION 'commitq: stale lease: job % is % under lease token %, not %',
-            p_job_id, j.state, j.lease_token, p_lease_token
+    IF j.state <> 'running' THEN
+        RAISE EXCEPTION 'commitq: stale lease: job % is % now, no longer running under lease token %',
+            p_job_id, j.state, p_lease_token
+            USING ERRCODE = 'CQ102';
+    END IF;
+    IF j.lease_token <> p_lease_token THEN
+        RAISE EXCEPTION 'commitq: stale lease: job % is running under lease token %, not %',
+            p_job_id, j.lease_token, p_lease_token
             USING ERRCODE = 'CQ102';
     END IF;
     RAISE EXCEPTION 'commitq: lease expired: lease token % of job % ran out', p_lease_token, p_job_id

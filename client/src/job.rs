@@ -45,9 +45,9 @@ pub struct EnqueueOptions {
     pub max_attempts: Option<i32>,
     /// A second enqueue with the same key in the same queue returns the first job.
     pub idempotency_key: Option<String>,
-    /// Reserved: jobs sharing this key are to never run at the same time.
-    /// This version of pg_commitq refuses a key (SQLSTATE 0A000) rather than
-    /// accept one it would not enforce.
+    /// Jobs sharing this key (`account:42`) never run at the same time, in
+    /// any queue; `commitq.set_concurrency_limit` allows more per key or
+    /// per key prefix.
     pub concurrency_key: Option<String>,
     /// Claimable only once this transaction (a `pg_current_xact_id()` of
     /// another connection) has committed; cancelled if it aborts.

@@ -342,8 +342,12 @@ async fn bad_input_gets_its_sqlstate_and_changes_nothing() {
         ("CQ104", "SELECT commitq.retry(1)".into()),
         ("CQ104", "SELECT commitq.retry(3)".into()),
         ("22P02", "SELECT commitq.enqueue('q', 'k', '{not json')".into()),
-        ("0A000", "SELECT commitq.enqueue('q', 'k', '{}', concurrency_key => 'account:42')".into()),
-        ("0A000", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY['a'])".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY[E'a\\tb'])".into()),
+        ("CQ001", format!("SELECT commitq.enqueue('q', 'k', '{{}}', concurrency_key => '{}')", "k".repeat(256))),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY['']::text[])".into()),
+        ("CQ001", "SELECT commitq.set_concurrency_limit('account:*', 0)".into()),
+        ("CQ001", "SELECT commitq.set_concurrency_limit(NULL, 2)".into()),
+        ("CQ001", "SELECT commitq.set_concurrency_limit(E'a\\nb', 2)".into()),
     ];
     for (code, sql) in &cases {
         let err = c.batch_execute(sql).await.expect_err(sql);
