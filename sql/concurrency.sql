@@ -80,123 +80,140 @@ END
 $$;
 
 -- Give back the slots of jobs that stopped running: one element per job that
--- left state 'running' (NULLs, for jobs without a key, are ignored). Key rows
--- are locked in key order, so two releases of overlapping keys cannot
--- deadlock. Each slot given back promotes one blocked job of its key.
+-- left state 'running' (NULLs, for jobs without a key, are ignored), and
+-- promote one blocked job of its key per slot given back.
 CREATE FUNCTION commitq._release_keys(p_keys text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Plan once per session, as commitq.claim does.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    r record;
-    v_free integer;
+    v_keys text[];
+    v_counts integer[];
+    v_free integer[];
+    v_queues text[];
 BEGIN
-    FOR r IN
-        SELECT k AS key, count(*)::integer AS n
-          FROM unnest(p_keys) k
-         WHERE k IS NOT NULL
-         GROUP BY k
-         ORDER BY k
-    LOOP
+    SELECT array_agg(k ORDER BY k), array_agg(n ORDER BY k) INTO v_keys, v_counts
+      FROM (SELECT k, count(*)::integer AS n FROM unnest(p_keys) k
+             WHERE k IS NOT NULL GROUP BY k) g;
+    IF v_keys IS NULL THEN
+        RETURN;
+    END IF;
+    -- Lock the key rows in key order, so two releases of overlapping keys
+    -- cannot deadlock; this waits for a claimer that is parking jobs of
+    -- these keys right now.
+    PERFORM 1 FROM commitq.concurrency_keys c WHERE c.key = ANY (v_keys) ORDER BY c.key FOR UPDATE;
+    -- Fewer slots than jobs come free when a limit was lowered while they ran.
+    WITH given AS (
         UPDATE commitq.concurrency_keys c
-           SET running = greatest(c.running - r.n, 0)
-         WHERE c.key = r.key
-        RETURNING least(r.n, c.max_running - c.running) INTO v_free;
-        -- A separate statement, so that at READ COMMITTED it sees the jobs a
-        -- claimer parked while we waited for the row lock. (Fewer than n
-        -- when the limit was lowered while they ran.)
-        IF FOUND THEN
-            PERFORM commitq._promote_blocked(r.key, v_free);
-        END IF;
-    END LOOP;
+           SET running = greatest(c.running - g.n, 0)
+          FROM unnest(v_keys, v_counts) AS g(key, n)
+         WHERE c.key = g.key
+        RETURNING c.key, least(g.n, c.max_running - c.running) AS free
+    )
+    SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key)
+      INTO v_keys, v_free
+      FROM given WHERE given.free > 0;
+    IF v_keys IS NULL THEN
+        RETURN;
+    END IF;
+    -- A separate statement, so that at READ COMMITTED it sees the jobs a
+    -- claimer parked while we waited for the row locks.
+    WITH next AS (
+        SELECT b.id
+          FROM unnest(v_keys, v_free) AS f(key, free)
+          CROSS JOIN LATERAL (
+                SELECT x.id FROM commitq.jobs x
+                 WHERE x.concurrency_key = f.key AND x.state = 'blocked'
+                 ORDER BY x.priority, x.run_at, x.id
+                 LIMIT f.free) b
+    ), promoted AS (
+        UPDATE commitq.jobs j SET state = 'available'
+          FROM next WHERE j.id = next.id AND j.state = 'blocked'
+        RETURNING j.queue
+    )
+    SELECT array_agg(DISTINCT promoted.queue) INTO v_queues FROM promoted;
+    IF v_queues IS NOT NULL THEN
+        PERFORM commitq._wake(q) FROM unnest(v_queues) q;
+    END IF;
 END
 $$;
 
--- The keyed half of claim: up to p_want available jobs of the queue that
--- have a concurrency key, each only if its key has a free slot. Jobs whose
--- key is full are parked as 'blocked'; jobs whose key another transaction is
--- claiming or releasing right now are left for the next claim.
-CREATE FUNCTION commitq._claim_keyed(p_queue text, p_worker text, p_want integer, p_lease interval)
+-- The keyed half of claim: of the candidates p_ids (available jobs with a
+-- concurrency key, in claim order, already locked by the caller, p_keys
+-- their keys), claim up to p_want whose key has a free slot. Candidates whose
+-- key is full are parked as 'blocked'; those whose key another transaction
+-- is claiming or releasing right now are left available for the next claim.
+-- When p_more, the queue may hold more keyed jobs than the candidates: a few
+-- more rounds take them from the keyed claim index.
+CREATE FUNCTION commitq._claim_keyed(
+    p_queue text, p_worker text, p_want integer, p_lease interval,
+    p_ids bigint[], p_keys text[], p_more boolean)
 RETURNS SETOF commitq.claimed_job
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Plan once per session, as commitq.claim does.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_ids bigint[];
-    v_keys text[];
-    v_grant bigint[];
-    v_park bigint[];
+    v_ids bigint[] := p_ids;
+    v_keys text[] := p_keys;
+    v_asked integer := cardinality(p_ids);
+    v_claimed commitq.claimed_job[];
+    v_left bigint[];
+    v_missing text[];
     v_passed bigint[] := '{}';
-    v_got integer;
 BEGIN
-    -- A few rounds: parked jobs leave the index, so each round sees new
-    -- candidates; bounded, so a claim stays short whatever the backlog.
+    -- Bounded rounds, so a claim stays short whatever the backlog: parked
+    -- jobs leave the index, so each round sees new candidates.
     FOR round IN 1..4 LOOP
-        EXIT WHEN p_want <= 0;
-        SELECT array_agg(c.id ORDER BY c.ord), array_agg(c.concurrency_key ORDER BY c.ord)
-          INTO v_ids, v_keys
-          FROM (SELECT j.id, j.concurrency_key,
-                       row_number() OVER (ORDER BY j.priority, j.run_at, j.id) AS ord
-                  FROM (SELECT x.id, x.concurrency_key, x.priority, x.run_at FROM commitq.jobs x
-                         WHERE x.queue = p_queue AND x.state = 'available'
-                           AND x.concurrency_key IS NOT NULL
-                           AND x.id <> ALL (v_passed)
-                         ORDER BY x.priority, x.run_at, x.id
-                         LIMIT p_want
-                           FOR UPDATE SKIP LOCKED) j) c;
-        EXIT WHEN v_ids IS NULL;
+        IF v_ids IS NULL THEN
+            SELECT array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
+                   array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
+                   count(*)
+              INTO v_ids, v_keys, v_asked
+              FROM (SELECT x.id, x.concurrency_key, x.priority, x.run_at FROM commitq.jobs x
+                     WHERE x.queue = p_queue AND x.state = 'available'
+                       AND x.concurrency_key IS NOT NULL
+                       AND x.id <> ALL (v_passed)
+                     ORDER BY x.priority, x.run_at, x.id
+                     LIMIT p_want
+                       FOR UPDATE SKIP LOCKED) c;
+            p_more := v_asked = p_want;
+            EXIT WHEN v_ids IS NULL;
+        END IF;
 
-        -- First claim of a key: create its row. Two claimers creating the
-        -- same key would make the second wait for the first to commit, so
-        -- creating a key takes a transaction-level advisory lock on it first
-        -- (in commitq's own lock space), and a claimer that cannot get it
-        -- passes the key over, as it does a locked key row.
-        INSERT INTO commitq.concurrency_keys (key, max_running)
-        SELECT n.k, commitq._key_limit(n.k)
-          FROM (SELECT DISTINCT k FROM unnest(v_keys) k
-                 WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k)) n
-         WHERE pg_try_advisory_xact_lock(commitq._key_lock_space(), hashtext(n.k))
-        ON CONFLICT (key) DO NOTHING;
-
-        -- The keys we can lock now, with their free slots; within a key the
-        -- earliest jobs get the slots and the rest are parked; the earliest
-        -- p_want jobs that got a slot are claimed.
+        -- One statement for the round: lock the keys we can get, give the
+        -- earliest jobs of each key its free slots, claim the earliest
+        -- p_want of those, count the slots taken, park the rest of the
+        -- jobs of full keys. Keys without a row yet are reported back.
         WITH keys AS (
             SELECT c.key, c.max_running - c.running AS free
               FROM commitq.concurrency_keys c
              WHERE c.key = ANY (v_keys)
                FOR UPDATE SKIP LOCKED
         ), ranked AS (
-            SELECT t.id, t.ord, keys.free,
+            SELECT t.id, t.key, t.ord, keys.free,
                    row_number() OVER (PARTITION BY t.key ORDER BY t.ord) AS rk
               FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, key, ord)
               JOIN keys ON keys.key = t.key
         ), granted AS (
-            SELECT ranked.id, ranked.ord,
-                   row_number() OVER (ORDER BY ranked.ord) AS n
-              FROM ranked WHERE ranked.rk <= ranked.free
-        )
-        SELECT (SELECT array_agg(g.id ORDER BY g.ord) FROM granted g WHERE g.n <= p_want),
-               (SELECT array_agg(r.id) FROM ranked r WHERE r.rk > r.free)
-          INTO v_grant, v_park;
-
-        IF v_park IS NOT NULL THEN
-            UPDATE commitq.jobs SET state = 'blocked' WHERE id = ANY (v_park);
-        END IF;
-        -- Candidates not claimed or parked (their key is busy in another
-        -- transaction, or the batch is full) stay available, locked by us
-        -- until we commit: do not pick them again in the next round.
-        v_passed := v_passed || v_ids;
-
-        IF v_grant IS NOT NULL THEN
+            SELECT g.id, g.key FROM (
+                SELECT ranked.id, ranked.key, row_number() OVER (ORDER BY ranked.ord) AS n
+                  FROM ranked WHERE ranked.rk <= ranked.free) g
+             WHERE g.n <= p_want
+        ), taken AS (
             UPDATE commitq.concurrency_keys c
                SET running = c.running + g.n
-              FROM (SELECT j.concurrency_key AS key, count(*)::integer AS n
-                      FROM commitq.jobs j WHERE j.id = ANY (v_grant)
-                     GROUP BY j.concurrency_key) g
-             WHERE c.key = g.key;
-
-            RETURN QUERY
+              FROM (SELECT granted.key, count(*)::integer AS n FROM granted GROUP BY granted.key) g
+             WHERE c.key = g.key
+        ), parked AS (
+            UPDATE commitq.jobs j SET state = 'blocked'
+              FROM ranked
+             WHERE j.id = ranked.id AND ranked.rk > ranked.free
+            RETURNING j.id
+        ), claimed AS (
             UPDATE commitq.jobs j
                SET state = 'running',
                    attempt = j.attempt + 1,
@@ -205,13 +222,55 @@ BEGIN
                    lease_interval = p_lease,
                    worker = p_worker,
                    claimed_at = now()
-             WHERE j.id = ANY (v_grant)
-            RETURNING j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-                      j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-                      j.idempotency_key, j.errors;
-            GET DIAGNOSTICS v_got = ROW_COUNT;
-            p_want := p_want - v_got;
+              FROM granted
+             WHERE j.id = granted.id
+            RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+                          j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+                          j.idempotency_key, j.errors)::commitq.claimed_job AS r
+        )
+        SELECT (SELECT array_agg(claimed.r) FROM claimed),
+               (SELECT array_agg(t.id) FROM unnest(v_ids) t(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM granted WHERE granted.id = t.id)
+                   AND NOT EXISTS (SELECT 1 FROM parked WHERE parked.id = t.id)),
+               (SELECT array_agg(DISTINCT k) FROM unnest(v_keys) k
+                 WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k))
+          INTO v_claimed, v_left, v_missing;
+
+        IF v_claimed IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM unnest(v_claimed);
+            p_want := p_want - cardinality(v_claimed);
         END IF;
+        EXIT WHEN p_want <= 0;
+
+        IF v_missing IS NOT NULL THEN
+            -- First claim of these keys: create their rows, then try their
+            -- jobs again. Two claimers creating the same key would make the
+            -- second wait for the first to commit, so creating a key takes a
+            -- transaction-level advisory lock on it first (in commitq's own
+            -- lock space), and a claimer that cannot get it passes the key
+            -- over, as it does a locked key row.
+            INSERT INTO commitq.concurrency_keys (key, max_running)
+            SELECT k, commitq._key_limit(k) FROM unnest(v_missing) k
+             WHERE pg_try_advisory_xact_lock(commitq._key_lock_space(), hashtext(k))
+            ON CONFLICT (key) DO NOTHING;
+            -- Retry only the jobs of keys we have just created.
+            SELECT array_agg(t.id ORDER BY t.ord), array_agg(t.key ORDER BY t.ord)
+              INTO v_ids, v_keys
+              FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, key, ord)
+             WHERE t.id = ANY (v_left) AND t.key = ANY (v_missing)
+               AND EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = t.key);
+            v_passed := v_passed || (SELECT coalesce(array_agg(l), '{}') FROM unnest(v_left) l
+                                      WHERE l <> ALL (coalesce(v_ids, '{}')));
+            IF v_ids IS NOT NULL THEN
+                CONTINUE;
+            END IF;
+        ELSE
+            -- Jobs left here wait for a key another transaction holds; they
+            -- stay locked by us until we commit, so never pick them again.
+            v_passed := v_passed || coalesce(v_left, '{}');
+        END IF;
+        EXIT WHEN NOT p_more;
+        v_ids := NULL;
     END LOOP;
 END
 $$;

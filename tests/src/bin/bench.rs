@@ -35,6 +35,10 @@ struct Args {
     /// Small and fast: 20,000 jobs, 3 seconds, one round.
     #[arg(long)]
     quick: bool,
+    /// Run only the systems whose name contains this text (and skip the
+    /// latency and memory runs), e.g. `--only WorkerPool`.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const SETUP: &str = "
@@ -57,7 +61,8 @@ const ARGS_40_BYTES: &str = r#"{"user_id": 123456, "template": "welcome"}"#;
 async fn reset(c: &Client) {
     // One statement per call: VACUUM refuses the implicit transaction of a batch.
     for sql in [
-        "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys, bench.raw_jobs",
+        "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys,
+                  commitq.concurrency_keys, bench.raw_jobs",
         "VACUUM ANALYZE commitq.jobs",
         "VACUUM ANALYZE bench.raw_jobs",
     ] {
@@ -136,10 +141,35 @@ where
     drained as f64 / elapsed
 }
 
-async fn fill_commitq(c: &Client, jobs: usize) {
+/// Which keys the jobs of a commitq drain carry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Keys {
+    None,
+    /// A concurrency key out of this many, spread so that neighbours in the
+    /// queue tend to have different keys but every key comes back often.
+    Concurrency(i32),
+    /// A distinct idempotency key on every job.
+    Idempotency,
+}
+
+async fn fill_commitq(c: &Client, jobs: usize, keys: Keys) {
+    let (ikeys, ckeys) = match keys {
+        Keys::None => ("NULL".to_string(), "NULL".to_string()),
+        Keys::Concurrency(n) => (
+            "NULL".into(),
+            format!("(SELECT array_agg('account:' || (i * 7919 % {n})) FROM generate_series(1, $1::int) i)"),
+        ),
+        Keys::Idempotency => (
+            "(SELECT array_agg('order:' || i) FROM generate_series(1, $1::int) i)".into(),
+            "NULL".into(),
+        ),
+    };
     c.execute(
-        "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
-             array_fill($2::jsonb, ARRAY[$1::int]))",
+        &format!(
+            "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
+                 array_fill($2::jsonb, ARRAY[$1::int]),
+                 idempotency_keys => {ikeys}, concurrency_keys => {ckeys})"
+        ),
         &[
             &(jobs as i32),
             &serde_json::from_str::<serde_json::Value>(ARGS_40_BYTES).unwrap(),
@@ -195,7 +225,7 @@ async fn commitq_drain(
     )
     .await
     .unwrap();
-    fill_commitq(c, args.jobs).await;
+    fill_commitq(c, args.jobs, Keys::None).await;
     // Each claimer remembers the batch it has run but not yet completed.
     let held: Arc<std::sync::Mutex<HashMap<String, Batch>>> = Default::default();
     let sqls: &[&str] = match how {
@@ -287,12 +317,12 @@ impl commitq::Job for Noop {
 }
 
 /// Drain the queue with the `commitq` crate's worker pool and no-op handlers.
-async fn client_drain(url: &str, c: &Client, args: &Args, handlers: usize) -> f64 {
+async fn client_drain(url: &str, c: &Client, args: &Args, handlers: usize, keys: Keys) -> f64 {
     reset(c).await;
     c.execute("UPDATE commitq.config SET keep_completed = false", &[])
         .await
         .unwrap();
-    fill_commitq(c, args.jobs).await;
+    fill_commitq(c, args.jobs, keys).await;
     let client = commitq::Client::connect(url).await.unwrap();
     let pool = commitq::WorkerPool::builder(client)
         .queue("bench", handlers)
@@ -387,7 +417,7 @@ async fn latency(url: &str, c: &Client, rate: u64, secs: u64) -> (f64, f64, f64)
 /// worker pool are all busy.
 async fn memory_at(url: &str, c: &Client, handlers: usize) -> f64 {
     reset(c).await;
-    fill_commitq(c, handlers * 3).await;
+    fill_commitq(c, handlers * 3, Keys::None).await;
     let client = commitq::Client::connect(url).await.unwrap();
     let pool = commitq::WorkerPool::builder(client)
         .queue("bench", handlers)
@@ -423,7 +453,7 @@ enum Measure {
     RawDrain(i64),
     CommitqDrain(i32, Drain, bool),
     /// The `commitq` crate's worker pool, no-op handlers, this many at once.
-    ClientDrain(usize),
+    ClientDrain(usize, Keys),
 }
 
 impl Measure {
@@ -433,7 +463,7 @@ impl Measure {
                 format!("single enqueue, own transaction, {} clients", args.clients)
             }
             Measure::RawBulk | Measure::EnqueueMany => format!("bulk enqueue of {}", args.jobs),
-            Measure::RawDrain(_) | Measure::CommitqDrain(..) | Measure::ClientDrain(_) => {
+            Measure::RawDrain(_) | Measure::CommitqDrain(..) | Measure::ClientDrain(..) => {
                 format!("drain of {}, {} claimers", args.jobs, args.claimers)
             }
         }
@@ -456,7 +486,14 @@ impl Measure {
                     if *keep { ", keep_completed" } else { "" }
                 )
             }
-            Measure::ClientDrain(n) => format!("commitq crate WorkerPool, {n} handlers"),
+            Measure::ClientDrain(n, keys) => format!(
+                "commitq crate WorkerPool, {n} handlers{}",
+                match keys {
+                    Keys::None => String::new(),
+                    Keys::Concurrency(k) => format!(", {k} concurrency keys"),
+                    Keys::Idempotency => ", idempotency key on every job".into(),
+                }
+            ),
         }
     }
 
@@ -465,7 +502,11 @@ impl Measure {
         match self {
             Measure::Enqueue => Some(Measure::RawInsert),
             Measure::EnqueueMany => Some(Measure::RawBulk),
-            Measure::CommitqDrain(..) | Measure::ClientDrain(_) => Some(Measure::RawDrain(10)),
+            Measure::CommitqDrain(..) | Measure::ClientDrain(_, Keys::None) => {
+                Some(Measure::RawDrain(10))
+            }
+            // Keyed drains against the same pool without keys.
+            Measure::ClientDrain(n, _) => Some(Measure::ClientDrain(*n, Keys::None)),
             _ => None,
         }
     }
@@ -503,7 +544,9 @@ impl Measure {
             Measure::CommitqDrain(batch, how, keep) => {
                 commitq_drain(url, c, args, batch, how, keep).await
             }
-            Measure::ClientDrain(handlers) => client_drain(url, c, args, handlers).await,
+            Measure::ClientDrain(handlers, keys) => {
+                client_drain(url, c, args, handlers, keys).await
+            }
         }
     }
 }
@@ -543,10 +586,22 @@ async fn main() {
             Measure::CommitqDrain(100, Drain::ClaimThenComplete, false),
             Measure::CommitqDrain(100, Drain::CompleteAndClaim, false),
             Measure::CommitqDrain(100, Drain::CompleteAndClaim, true),
-            Measure::ClientDrain(16),
-            Measure::ClientDrain(64),
+            Measure::ClientDrain(16, Keys::None),
+            Measure::ClientDrain(16, Keys::Concurrency(200)),
+            Measure::ClientDrain(16, Keys::Idempotency),
+            Measure::ClientDrain(64, Keys::None),
         ],
     ];
+    let workloads: Vec<Vec<Measure>> = workloads
+        .into_iter()
+        .map(|systems| {
+            systems
+                .into_iter()
+                .filter(|m| args.only.as_ref().is_none_or(|o| m.system().contains(o.as_str())))
+                .collect::<Vec<_>>()
+        })
+        .filter(|systems| !systems.is_empty())
+        .collect();
     let mut results: Vec<(Measure, Vec<f64>)> = Vec::new();
     for systems in &workloads {
         let mut samples = vec![Vec::new(); systems.len()];
@@ -565,22 +620,25 @@ async fn main() {
     }
 
     println!(
-        "\nPostgreSQL {version}, {} cores; median of {} interleaved rounds (min-max); ratios against the raw baseline of the same workload.\n",
+        "\nPostgreSQL {version}, {} cores; median of {} interleaved rounds (min-max); ratios against the raw baseline of the same workload (keyed drains: against the same pool without keys).\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.rounds
     );
-    println!("| workload | system | jobs/s | min-max | vs raw |");
+    println!("| workload | system | jobs/s | min-max | vs baseline |");
     println!("|---|---|---:|---:|---:|");
     for (m, samples) in &results {
         let rate = median(samples);
         let (lo, hi) = samples
             .iter()
             .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        let ratio = m
-            .baseline()
-            .and_then(|b| results.iter().find(|(r, _)| r.system() == b.system()))
-            .map(|(_, base)| format!("{:.0}%", 100.0 * rate / median(base)))
-            .unwrap_or_else(|| "baseline".into());
+        let ratio = match m.baseline() {
+            None => "baseline".into(),
+            Some(b) => results
+                .iter()
+                .find(|(r, _)| r.system() == b.system())
+                .map(|(_, base)| format!("{:.0}%", 100.0 * rate / median(base)))
+                .unwrap_or_else(|| "-".into()),
+        };
         println!(
             "| {} | {} | {rate:.0} | {lo:.0}-{hi:.0} | {ratio} |",
             m.workload(&args),
@@ -588,6 +646,9 @@ async fn main() {
         );
     }
 
+    if args.only.is_some() {
+        return;
+    }
     eprintln!("latency at 500 jobs/s ...");
     let (p50, p99, max) = latency(&db.url, &c, 500, args.seconds).await;
     eprintln!("memory at 100 handlers ...");
