@@ -42,7 +42,7 @@ DECLARE
     v_picked integer;
     v_keyed_ids bigint[];
     v_keyed_keys text[];
-    v_got integer;
+    v_got integer := 0;
     v_keyed integer;
 BEGIN
     PERFORM commitq._check(coalesce(commitq._queue_problem(claim.queue), CASE
@@ -65,12 +65,12 @@ BEGIN
                      LIMIT 1000
                        FOR UPDATE SKIP LOCKED);
 
-    -- Jobs in claim order; those without a concurrency key are claimed by
-    -- this one statement. Keyed ones among them stay locked by us and go to
-    -- _claim_keyed, as its first candidates: they also need a slot of their
-    -- key.
+    -- One statement claims the jobs without a concurrency key among the
+    -- next max_jobs in claim order. Keyed ones among them stay locked by us
+    -- and go to _claim_keyed (concurrency.sql), which also needs a slot of
+    -- their key.
     WITH picked AS (
-        SELECT c.id, c.concurrency_key, c.priority, c.run_at FROM commitq.jobs c
+        SELECT c.id, c.concurrency_key AS ck, c.priority, c.run_at FROM commitq.jobs c
          WHERE c.queue = claim.queue AND c.state = 'available'
          ORDER BY c.priority, c.run_at, c.id
          LIMIT claim.max_jobs
@@ -84,8 +84,10 @@ BEGIN
                lease_interval = claim.lease,
                worker = claim.worker,
                claimed_at = now()
-          FROM picked
-         WHERE j.id = picked.id AND picked.concurrency_key IS NULL
+         -- `= ANY (ARRAY(...))`: an index lookup in any plan, where a join
+         -- could be planned as a scan of the whole table (the plan is made
+         -- once, not knowing how many jobs a call wants).
+         WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked WHERE picked.ck IS NULL))
         RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
                       j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
                       j.idempotency_key, j.errors)::commitq.claimed_job AS r
@@ -93,20 +95,20 @@ BEGIN
     SELECT (SELECT array_agg(claimed.r) FROM claimed),
            (SELECT count(*) FROM picked),
            (SELECT array_agg(picked.id ORDER BY picked.priority, picked.run_at, picked.id)
-              FROM picked WHERE picked.concurrency_key IS NOT NULL),
-           (SELECT array_agg(picked.concurrency_key ORDER BY picked.priority, picked.run_at, picked.id)
-              FROM picked WHERE picked.concurrency_key IS NOT NULL)
+              FROM picked WHERE picked.ck IS NOT NULL),
+           (SELECT array_agg(picked.ck ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked WHERE picked.ck IS NOT NULL)
       INTO v_claimed, v_picked, v_keyed_ids, v_keyed_keys;
 
-    v_got := coalesce(cardinality(v_claimed), 0);
-    IF v_got > 0 THEN
+    IF v_claimed IS NOT NULL THEN
         RETURN QUERY SELECT * FROM unnest(v_claimed);
+        v_got := cardinality(v_claimed);
     END IF;
     IF v_keyed_ids IS NOT NULL THEN
-        RETURN QUERY SELECT * FROM commitq._claim_keyed(claim.queue, claim.worker,
-                                                        claim.max_jobs - v_got, claim.lease,
-                                                        v_keyed_ids, v_keyed_keys,
-                                                        v_picked = claim.max_jobs);
+        RETURN QUERY SELECT * FROM commitq._claim_keyed(
+            claim.queue, claim.worker, claim.lease, v_keyed_ids, v_keyed_keys,
+            -- room left in the batch, and whether the queue may hold more
+            claim.max_jobs - v_got, v_picked = claim.max_jobs);
         GET DIAGNOSTICS v_keyed = ROW_COUNT;
         v_got := v_got + v_keyed;
     END IF;

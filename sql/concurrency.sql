@@ -47,8 +47,130 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT 1668377457 $$;  -- 'cqkq' in ASCII
 
+-- The keyed half of commitq.claim. p_ids are available jobs with a
+-- concurrency key, in claim order, already locked by the caller (p_keys
+-- their keys). In one statement per round: lock the key rows we can (SKIP
+-- LOCKED) to see their free slots; give the earliest jobs of each key its
+-- free slots and claim them; park the rest of the jobs of full keys as
+-- 'blocked', outside the claim index; count both in the key rows. Jobs of a
+-- key busy in another transaction, or with no row yet, are left. When
+-- p_more (the caller's batch was full, so the queue may hold more), a few
+-- more rounds, bounded, take the next jobs of the queue to fill the batch.
+CREATE FUNCTION commitq._claim_keyed(
+    p_queue text, p_worker text, p_lease interval,
+    p_ids bigint[], p_keys text[], p_want integer, p_more boolean)
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_ids bigint[] := p_ids;
+    v_keys text[] := p_keys;
+    v_claimed commitq.claimed_job[];
+    v_parked integer;
+    v_left_ids bigint[];
+    v_left_keys text[];
+    v_missing text[];
+    v_created text[];
+    v_passed bigint[] := '{}';
+BEGIN
+    FOR round IN 1..4 LOOP
+        WITH cand AS (
+            SELECT t.id, t.ck, t.ord FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, ck, ord)
+        ), keys AS (
+            SELECT k.key, k.max_running - k.running AS free
+              FROM commitq.concurrency_keys k
+             WHERE k.key = ANY (v_keys)
+               FOR UPDATE SKIP LOCKED
+        ), ranked AS (
+            SELECT cand.id, cand.ck, keys.free,
+                   row_number() OVER (PARTITION BY cand.ck ORDER BY cand.ord) AS rk
+              FROM cand JOIN keys ON keys.key = cand.ck
+        ), counted AS (
+            UPDATE commitq.concurrency_keys k
+               SET running = k.running + (SELECT count(*) FROM ranked
+                                           WHERE ranked.ck = k.key AND ranked.rk <= ranked.free),
+                   blocked = k.blocked + (SELECT count(*) FROM ranked
+                                           WHERE ranked.ck = k.key AND ranked.rk > ranked.free)
+             -- `= ANY (ARRAY(...))` here and below: an index lookup in any
+             -- plan (see commitq.claim).
+             WHERE k.key = ANY (ARRAY(SELECT ranked.ck FROM ranked))
+        ), parked AS (
+            UPDATE commitq.jobs j SET state = 'blocked'
+             WHERE j.id = ANY (ARRAY(SELECT ranked.id FROM ranked WHERE ranked.rk > ranked.free))
+            RETURNING j.id
+        ), claimed AS (
+            UPDATE commitq.jobs j
+               SET state = 'running',
+                   attempt = j.attempt + 1,
+                   lease_token = j.lease_token + 1,
+                   lease_expires_at = now() + p_lease,
+                   lease_interval = p_lease,
+                   worker = p_worker,
+                   claimed_at = now()
+             WHERE j.id = ANY (ARRAY(SELECT cand.id FROM cand WHERE cand.ck IS NULL
+                                     UNION ALL
+                                     SELECT ranked.id FROM ranked WHERE ranked.rk <= ranked.free))
+            RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+                          j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+                          j.idempotency_key, j.errors)::commitq.claimed_job AS r
+        )
+        SELECT (SELECT array_agg(claimed.r) FROM claimed),
+               (SELECT count(*) FROM parked),
+               (SELECT array_agg(cand.id ORDER BY cand.ord) FROM cand
+                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))),
+               (SELECT array_agg(cand.ck ORDER BY cand.ord) FROM cand
+                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))),
+               (SELECT array_agg(DISTINCT cand.ck) FROM cand
+                 WHERE cand.ck IS NOT NULL
+                   AND cand.ck <> ALL (ARRAY(SELECT c.key FROM commitq.concurrency_keys c
+                                              WHERE c.key = ANY (v_keys))))
+          INTO v_claimed, v_parked, v_left_ids, v_left_keys, v_missing;
+
+        IF v_claimed IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM unnest(v_claimed);
+            p_want := p_want - cardinality(v_claimed);
+        END IF;
+        EXIT WHEN p_want <= 0;
+
+        -- First claim of a key: create its row and retry its jobs at once
+        -- (they stay locked by us meanwhile). Jobs of keys busy elsewhere
+        -- are passed over until we commit.
+        v_created := CASE WHEN v_missing IS NOT NULL THEN commitq._create_keys(v_missing) END;
+        IF v_created IS NOT NULL THEN
+            SELECT array_agg(t.id ORDER BY t.ord), array_agg(t.ck ORDER BY t.ord)
+              INTO v_ids, v_keys
+              FROM unnest(v_left_ids, v_left_keys) WITH ORDINALITY AS t(id, ck, ord)
+             WHERE t.ck = ANY (v_created);
+            v_passed := v_passed || coalesce(
+                (SELECT array_agg(l) FROM unnest(v_left_ids) l WHERE l <> ALL (v_ids)), '{}');
+            CONTINUE;
+        END IF;
+        v_passed := v_passed || coalesce(v_left_ids, '{}');
+
+        -- More of the queue only when this batch was full and some of it
+        -- could not be claimed: the next jobs in claim order, keyed or not.
+        EXIT WHEN NOT p_more OR v_parked + coalesce(cardinality(v_left_ids), 0) = 0;
+        SELECT array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
+               array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
+               count(*) = p_want
+          INTO v_ids, v_keys, p_more
+          FROM (SELECT x.id, x.concurrency_key, x.priority, x.run_at FROM commitq.jobs x
+                 WHERE x.queue = p_queue AND x.state = 'available'
+                   AND x.id <> ALL (v_passed)
+                 ORDER BY x.priority, x.run_at, x.id
+                 LIMIT p_want
+                   FOR UPDATE SKIP LOCKED) c;
+        EXIT WHEN v_ids IS NULL;
+    END LOOP;
+END
+$$;
+
 -- Make up to p_n blocked jobs of a key available, in claim order, and wake
--- their queues. The caller holds the key's row lock.
+-- their queues. The caller holds the key's row lock, and calls this in a
+-- statement of its own after taking it, so that at READ COMMITTED it sees
+-- the jobs a claimer parked while the caller waited for the lock.
 CREATE FUNCTION commitq._promote_blocked(p_key text, p_n integer) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -73,6 +195,8 @@ BEGIN
     )
     SELECT array_agg(DISTINCT promoted.queue), count(*) INTO v_queues, v_n FROM promoted;
     IF v_n > 0 THEN
+        UPDATE commitq.concurrency_keys c SET blocked = greatest(c.blocked - v_n, 0)
+         WHERE c.key = p_key;
         PERFORM commitq._wake(q) FROM unnest(v_queues) q;
     END IF;
     RETURN v_n;
@@ -81,197 +205,61 @@ $$;
 
 -- Give back the slots of jobs that stopped running: one element per job that
 -- left state 'running' (NULLs, for jobs without a key, are ignored), and
--- promote one blocked job of its key per slot given back.
+-- promote one blocked job of its key per slot given back. The common case,
+-- no job of the key waiting, is the one UPDATE.
 CREATE FUNCTION commitq._release_keys(p_keys text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- Plan once per session, as commitq.claim does.
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_keys text[];
-    v_counts integer[];
     v_free integer[];
-    v_queues text[];
 BEGIN
-    SELECT array_agg(k ORDER BY k), array_agg(n ORDER BY k) INTO v_keys, v_counts
-      FROM (SELECT k, count(*)::integer AS n FROM unnest(p_keys) k
-             WHERE k IS NOT NULL GROUP BY k) g;
-    IF v_keys IS NULL THEN
-        RETURN;
-    END IF;
-    -- Lock the key rows in key order, so two releases of overlapping keys
-    -- cannot deadlock; this waits for a claimer that is parking jobs of
-    -- these keys right now.
-    PERFORM 1 FROM commitq.concurrency_keys c WHERE c.key = ANY (v_keys) ORDER BY c.key FOR UPDATE;
-    -- Fewer slots than jobs come free when a limit was lowered while they ran.
+    -- The UPDATE waits for a claimer that is parking jobs of these keys
+    -- right now, and then reads the row as that claimer left it: `blocked`
+    -- counts the jobs it parked. Keys are taken in key order. (Two
+    -- transactions can only both release the same two keys when their limits
+    -- are above 1; in the rare case that they then deadlock, PostgreSQL
+    -- aborts one, and its jobs run again after their leases expire.)
     WITH given AS (
         UPDATE commitq.concurrency_keys c
            SET running = greatest(c.running - g.n, 0)
-          FROM unnest(v_keys, v_counts) AS g(key, n)
-         WHERE c.key = g.key
-        RETURNING c.key, least(g.n, c.max_running - c.running) AS free
+          FROM (SELECT k, count(*)::integer AS n FROM unnest(p_keys) k
+                 WHERE k IS NOT NULL GROUP BY k ORDER BY k) g
+         WHERE c.key = g.k
+        RETURNING c.key, c.blocked, least(g.n, c.max_running - c.running) AS free
     )
     SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key)
       INTO v_keys, v_free
-      FROM given WHERE given.free > 0;
-    IF v_keys IS NULL THEN
-        RETURN;
-    END IF;
-    -- A separate statement, so that at READ COMMITTED it sees the jobs a
-    -- claimer parked while we waited for the row locks.
-    WITH next AS (
-        SELECT b.id
-          FROM unnest(v_keys, v_free) AS f(key, free)
-          CROSS JOIN LATERAL (
-                SELECT x.id FROM commitq.jobs x
-                 WHERE x.concurrency_key = f.key AND x.state = 'blocked'
-                 ORDER BY x.priority, x.run_at, x.id
-                 LIMIT f.free) b
-    ), promoted AS (
-        UPDATE commitq.jobs j SET state = 'available'
-          FROM next WHERE j.id = next.id AND j.state = 'blocked'
-        RETURNING j.queue
-    )
-    SELECT array_agg(DISTINCT promoted.queue) INTO v_queues FROM promoted;
-    IF v_queues IS NOT NULL THEN
-        PERFORM commitq._wake(q) FROM unnest(v_queues) q;
+      FROM given WHERE given.blocked > 0 AND given.free > 0;
+    IF v_keys IS NOT NULL THEN
+        PERFORM commitq._promote_blocked(k, f) FROM unnest(v_keys, v_free) AS t(k, f);
     END IF;
 END
 $$;
 
--- The keyed half of claim: of the candidates p_ids (available jobs with a
--- concurrency key, in claim order, already locked by the caller, p_keys
--- their keys), claim up to p_want whose key has a free slot. Candidates whose
--- key is full are parked as 'blocked'; those whose key another transaction
--- is claiming or releasing right now are left available for the next claim.
--- When p_more, the queue may hold more keyed jobs than the candidates: a few
--- more rounds take them from the keyed claim index.
-CREATE FUNCTION commitq._claim_keyed(
-    p_queue text, p_worker text, p_want integer, p_lease interval,
-    p_ids bigint[], p_keys text[], p_more boolean)
-RETURNS SETOF commitq.claimed_job
+-- Create the rows of keys claimed for the first time; returns the keys
+-- created. Two claimers creating the same key would make the second wait
+-- for the first to commit, so creating a key takes a transaction-level
+-- advisory lock on it first (in commitq's own lock space), and a claimer that
+-- cannot get it passes the key over, as it does a locked key row.
+CREATE FUNCTION commitq._create_keys(p_keys text[]) RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- Plan once per session, as commitq.claim does.
-SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_ids bigint[] := p_ids;
-    v_keys text[] := p_keys;
-    v_asked integer := cardinality(p_ids);
-    v_claimed commitq.claimed_job[];
-    v_left bigint[];
-    v_missing text[];
-    v_passed bigint[] := '{}';
+    v_created text[];
 BEGIN
-    -- Bounded rounds, so a claim stays short whatever the backlog: parked
-    -- jobs leave the index, so each round sees new candidates.
-    FOR round IN 1..4 LOOP
-        IF v_ids IS NULL THEN
-            SELECT array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-                   array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
-                   count(*)
-              INTO v_ids, v_keys, v_asked
-              FROM (SELECT x.id, x.concurrency_key, x.priority, x.run_at FROM commitq.jobs x
-                     WHERE x.queue = p_queue AND x.state = 'available'
-                       AND x.concurrency_key IS NOT NULL
-                       AND x.id <> ALL (v_passed)
-                     ORDER BY x.priority, x.run_at, x.id
-                     LIMIT p_want
-                       FOR UPDATE SKIP LOCKED) c;
-            p_more := v_asked = p_want;
-            EXIT WHEN v_ids IS NULL;
-        END IF;
-
-        -- One statement for the round: lock the keys we can get, give the
-        -- earliest jobs of each key its free slots, claim the earliest
-        -- p_want of those, count the slots taken, park the rest of the
-        -- jobs of full keys. Keys without a row yet are reported back.
-        WITH keys AS (
-            SELECT c.key, c.max_running - c.running AS free
-              FROM commitq.concurrency_keys c
-             WHERE c.key = ANY (v_keys)
-               FOR UPDATE SKIP LOCKED
-        ), ranked AS (
-            SELECT t.id, t.key, t.ord, keys.free,
-                   row_number() OVER (PARTITION BY t.key ORDER BY t.ord) AS rk
-              FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, key, ord)
-              JOIN keys ON keys.key = t.key
-        ), granted AS (
-            SELECT g.id, g.key FROM (
-                SELECT ranked.id, ranked.key, row_number() OVER (ORDER BY ranked.ord) AS n
-                  FROM ranked WHERE ranked.rk <= ranked.free) g
-             WHERE g.n <= p_want
-        ), taken AS (
-            UPDATE commitq.concurrency_keys c
-               SET running = c.running + g.n
-              FROM (SELECT granted.key, count(*)::integer AS n FROM granted GROUP BY granted.key) g
-             WHERE c.key = g.key
-        ), parked AS (
-            UPDATE commitq.jobs j SET state = 'blocked'
-              FROM ranked
-             WHERE j.id = ranked.id AND ranked.rk > ranked.free
-            RETURNING j.id
-        ), claimed AS (
-            UPDATE commitq.jobs j
-               SET state = 'running',
-                   attempt = j.attempt + 1,
-                   lease_token = j.lease_token + 1,
-                   lease_expires_at = now() + p_lease,
-                   lease_interval = p_lease,
-                   worker = p_worker,
-                   claimed_at = now()
-              FROM granted
-             WHERE j.id = granted.id
-            RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-                          j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-                          j.idempotency_key, j.errors)::commitq.claimed_job AS r
-        )
-        SELECT (SELECT array_agg(claimed.r) FROM claimed),
-               (SELECT array_agg(t.id) FROM unnest(v_ids) t(id)
-                 WHERE NOT EXISTS (SELECT 1 FROM granted WHERE granted.id = t.id)
-                   AND NOT EXISTS (SELECT 1 FROM parked WHERE parked.id = t.id)),
-               (SELECT array_agg(DISTINCT k) FROM unnest(v_keys) k
-                 WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k))
-          INTO v_claimed, v_left, v_missing;
-
-        IF v_claimed IS NOT NULL THEN
-            RETURN QUERY SELECT * FROM unnest(v_claimed);
-            p_want := p_want - cardinality(v_claimed);
-        END IF;
-        EXIT WHEN p_want <= 0;
-
-        IF v_missing IS NOT NULL THEN
-            -- First claim of these keys: create their rows, then try their
-            -- jobs again. Two claimers creating the same key would make the
-            -- second wait for the first to commit, so creating a key takes a
-            -- transaction-level advisory lock on it first (in commitq's own
-            -- lock space), and a claimer that cannot get it passes the key
-            -- over, as it does a locked key row.
-            INSERT INTO commitq.concurrency_keys (key, max_running)
-            SELECT k, commitq._key_limit(k) FROM unnest(v_missing) k
-             WHERE pg_try_advisory_xact_lock(commitq._key_lock_space(), hashtext(k))
-            ON CONFLICT (key) DO NOTHING;
-            -- Retry only the jobs of keys we have just created.
-            SELECT array_agg(t.id ORDER BY t.ord), array_agg(t.key ORDER BY t.ord)
-              INTO v_ids, v_keys
-              FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, key, ord)
-             WHERE t.id = ANY (v_left) AND t.key = ANY (v_missing)
-               AND EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = t.key);
-            v_passed := v_passed || (SELECT coalesce(array_agg(l), '{}') FROM unnest(v_left) l
-                                      WHERE l <> ALL (coalesce(v_ids, '{}')));
-            IF v_ids IS NOT NULL THEN
-                CONTINUE;
-            END IF;
-        ELSE
-            -- Jobs left here wait for a key another transaction holds; they
-            -- stay locked by us until we commit, so never pick them again.
-            v_passed := v_passed || coalesce(v_left, '{}');
-        END IF;
-        EXIT WHEN NOT p_more;
-        v_ids := NULL;
-    END LOOP;
+    WITH created AS (
+        INSERT INTO commitq.concurrency_keys (key, max_running)
+        SELECT k, commitq._key_limit(k) FROM unnest(p_keys) k
+         WHERE pg_try_advisory_xact_lock(commitq._key_lock_space(), hashtext(k))
+        ON CONFLICT (key) DO NOTHING
+        RETURNING key
+    )
+    SELECT array_agg(created.key) INTO v_created FROM created;
+    RETURN v_created;
 END
 $$;
 
@@ -345,9 +333,7 @@ BEGIN
     FOR r IN
         SELECT c.key, c.max_running - c.running AS free
           FROM commitq.concurrency_keys c
-         WHERE c.running < c.max_running
-           AND EXISTS (SELECT 1 FROM commitq.jobs b
-                        WHERE b.concurrency_key = c.key AND b.state = 'blocked')
+         WHERE c.running < c.max_running AND c.blocked > 0
            -- Blocked while another job of the key is available to claim is
            -- normal: that job will take the slot.
            AND NOT EXISTS (SELECT 1 FROM commitq.jobs a
@@ -362,7 +348,7 @@ BEGIN
     WITH gone AS (
         DELETE FROM commitq.concurrency_keys c
          WHERE c.key IN (SELECT o.key FROM commitq.concurrency_keys o
-                          WHERE o.running = 0
+                          WHERE o.running = 0 AND o.blocked = 0
                             AND NOT EXISTS (SELECT 1 FROM commitq.jobs b
                                              WHERE b.concurrency_key = o.key AND b.state = 'blocked')
                           LIMIT p_batch

@@ -151,13 +151,15 @@ CREATE UNLOGGED TABLE commitq.waiting_workers (
 );
 
 -- Per-key mutual exclusion. `running` counts the key's jobs in state
--- 'running'; it changes only under the row's lock, in the transaction that
--- claims or ends such a job, so it is exact (no separate counter to drift
--- after a crash or a lost heartbeat). Rows are created by the first claim of
--- a key and pruned by maintain() once the key is idle.
+-- 'running' and `blocked` those in state 'blocked'; both change only under
+-- the row's lock, in the transaction that changes such a job, so they are
+-- exact (no separate counter to drift after a crash or a lost heartbeat).
+-- Rows are created by the first claim of a key and pruned by maintain() once
+-- the key is idle.
 CREATE TABLE commitq.concurrency_keys (
     key          text PRIMARY KEY,
     running      integer NOT NULL DEFAULT 0,
+    blocked      integer NOT NULL DEFAULT 0,
     max_running  integer NOT NULL
 ) WITH (
     -- Every claim and release of a keyed job rewrites its key's row: room on

@@ -145,8 +145,8 @@ where
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Keys {
     None,
-    /// A concurrency key out of this many, spread so that neighbours in the
-    /// queue tend to have different keys but every key comes back often.
+    /// A concurrency key out of this many, pseudo-random: jobs of one key
+    /// often sit close together in the queue.
     Concurrency(i32),
     /// A distinct idempotency key on every job.
     Idempotency,
@@ -157,7 +157,7 @@ async fn fill_commitq(c: &Client, jobs: usize, keys: Keys) {
         Keys::None => ("NULL".to_string(), "NULL".to_string()),
         Keys::Concurrency(n) => (
             "NULL".into(),
-            format!("(SELECT array_agg('account:' || (i * 7919 % {n})) FROM generate_series(1, $1::int) i)"),
+            format!("(SELECT array_agg('account:' || (abs(hashint4(i)) % {n})) FROM generate_series(1, $1::int) i)"),
         ),
         Keys::Idempotency => (
             "(SELECT array_agg('order:' || i) FROM generate_series(1, $1::int) i)".into(),
