@@ -11,8 +11,6 @@ CREATE FUNCTION commitq._complete_leased(p_ids bigint[], p_tokens bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- Plan once per session, as commitq.claim does.
-SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_done bigint[];
