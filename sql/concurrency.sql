@@ -167,11 +167,12 @@ BEGIN
 END
 $$;
 
--- Make up to p_n blocked jobs of a key available, in claim order, and wake
--- their queues. The caller holds the key's row lock, and calls this in a
--- statement of its own after taking it, so that at READ COMMITTED it sees
--- the jobs a claimer parked while the caller waited for the lock.
-CREATE FUNCTION commitq._promote_blocked(p_key text, p_n integer) RETURNS integer
+-- Make up to p_counts[i] blocked jobs of key p_keys[i] available, in claim
+-- order, count them out of their keys' rows, and wake their queues; returns
+-- how many. The caller holds the keys' row locks, and calls this in a
+-- statement of its own after taking them, so that at READ COMMITTED it sees
+-- the jobs a claimer parked while the caller waited for a lock.
+CREATE FUNCTION commitq._promote_blocked(p_keys text[], p_counts integer[]) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -179,24 +180,28 @@ DECLARE
     v_queues text[];
     v_n integer;
 BEGIN
-    IF p_n <= 0 THEN
-        RETURN 0;
-    END IF;
     WITH next AS (
-        SELECT b.id FROM commitq.jobs b
-         WHERE b.concurrency_key = p_key AND b.state = 'blocked'
-         ORDER BY b.priority, b.run_at, b.id
-         LIMIT p_n
-           FOR UPDATE SKIP LOCKED
+        SELECT b.id
+          FROM unnest(p_keys, p_counts) AS f(key, n)
+          CROSS JOIN LATERAL (
+                SELECT x.id FROM commitq.jobs x
+                 WHERE x.concurrency_key = f.key AND x.state = 'blocked'
+                 ORDER BY x.priority, x.run_at, x.id
+                 LIMIT greatest(f.n, 0)) b
     ), promoted AS (
+        -- A blocked job an operator is cancelling right now is waited for,
+        -- and skipped if it is gone.
         UPDATE commitq.jobs j SET state = 'available'
-          FROM next WHERE j.id = next.id
-        RETURNING j.queue
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next)) AND j.state = 'blocked'
+        RETURNING j.queue, j.concurrency_key
+    ), counted AS (
+        UPDATE commitq.concurrency_keys c
+           SET blocked = greatest(c.blocked - (SELECT count(*) FROM promoted
+                                                WHERE promoted.concurrency_key = c.key), 0)
+         WHERE c.key = ANY (ARRAY(SELECT DISTINCT promoted.concurrency_key FROM promoted))
     )
     SELECT array_agg(DISTINCT promoted.queue), count(*) INTO v_queues, v_n FROM promoted;
     IF v_n > 0 THEN
-        UPDATE commitq.concurrency_keys c SET blocked = greatest(c.blocked - v_n, 0)
-         WHERE c.key = p_key;
         PERFORM commitq._wake(q) FROM unnest(v_queues) q;
     END IF;
     RETURN v_n;
@@ -235,7 +240,7 @@ BEGIN
       INTO v_keys, v_free
       FROM given WHERE given.blocked > 0 AND given.free > 0;
     IF v_keys IS NOT NULL THEN
-        PERFORM commitq._promote_blocked(k, f) FROM unnest(v_keys, v_free) AS t(k, f);
+        PERFORM commitq._promote_blocked(v_keys, v_free);
     END IF;
 END
 $$;
@@ -313,7 +318,7 @@ BEGIN
         RETURNING c.max_running - c.running INTO v_free;
         IF FOUND THEN
             v_changed := v_changed + 1;
-            PERFORM commitq._promote_blocked(v_key, v_free);
+            PERFORM commitq._promote_blocked(ARRAY[v_key], ARRAY[v_free]);
         END IF;
     END LOOP;
     RETURN v_changed;
@@ -343,7 +348,7 @@ BEGIN
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     LOOP
-        promoted := promoted + commitq._promote_blocked(r.key, r.free);
+        promoted := promoted + commitq._promote_blocked(ARRAY[r.key], ARRAY[r.free]);
     END LOOP;
 
     WITH gone AS (

@@ -36,7 +36,7 @@ BEGIN
          WHERE k.key = j.concurrency_key;
     ELSIF j.state = 'available' AND j.concurrency_key IS NOT NULL THEN
         PERFORM 1 FROM commitq.concurrency_keys k WHERE k.key = j.concurrency_key FOR UPDATE;
-        PERFORM commitq._promote_blocked(j.concurrency_key, 1);
+        PERFORM commitq._promote_blocked(ARRAY[j.concurrency_key], ARRAY[1]);
     END IF;
     RETURN 'cancelled';
 END
