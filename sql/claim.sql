@@ -46,7 +46,8 @@ DECLARE
     v_keyed integer;
 BEGIN
     PERFORM commitq._check(coalesce(commitq._queue_problem(claim.queue), CASE
-        WHEN claim.worker IS NULL OR length(claim.worker) NOT BETWEEN 1 AND 200
+        WHEN claim.worker IS NULL THEN 'worker must not be NULL'
+        WHEN length(claim.worker) NOT BETWEEN 1 AND 200
             THEN 'worker must be 1 to 200 characters'
         WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
             THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))

@@ -38,7 +38,8 @@ AS $$
 DECLARE
     j commitq.jobs;
 BEGIN
-    PERFORM commitq._check(CASE WHEN effect_begin.effect IS NULL OR effect_begin.effect = ''
+    PERFORM commitq._check(CASE WHEN effect_begin.effect IS NULL THEN 'effect must not be NULL'
+                                WHEN effect_begin.effect = ''
                                   OR octet_length(effect_begin.effect) > 255
                                 THEN 'effect must be 1 to 255 bytes' END);
     j := commitq._locked_lease(effect_begin.job_id, effect_begin.lease_token);
@@ -62,6 +63,7 @@ AS $$
 DECLARE
     j commitq.jobs;
 BEGIN
+    PERFORM commitq._check(CASE WHEN effect_done.effect IS NULL THEN 'effect must not be NULL' END);
     j := commitq._locked_lease(effect_done.job_id, effect_done.lease_token);
     UPDATE commitq.job_effects e
        SET done_at = now(), done_attempt = j.attempt, result = effect_done.result

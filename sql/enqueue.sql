@@ -279,7 +279,8 @@ AS $$
 DECLARE
     v_bad text;
 BEGIN
-    PERFORM commitq._check(CASE WHEN jsonb_typeof(enqueue_many.jobs) IS DISTINCT FROM 'array'
+    PERFORM commitq._check(CASE WHEN enqueue_many.jobs IS NULL THEN 'jobs must not be NULL'
+                                WHEN jsonb_typeof(enqueue_many.jobs) <> 'array'
                                 THEN 'jobs must be a JSON array of job objects' END);
     SELECT format('job %s: %s', e.i,
                   CASE WHEN jsonb_typeof(e.j) <> 'object' THEN 'must be a JSON object'

@@ -191,7 +191,8 @@ DECLARE
     v_run_at timestamptz;
 BEGIN
     PERFORM commitq._check(CASE
-        WHEN snooze.delay IS NULL OR snooze.delay < interval '0' OR NOT isfinite(now() + snooze.delay)
+        WHEN snooze.delay IS NULL THEN 'delay must not be NULL'
+        WHEN snooze.delay < interval '0' OR NOT isfinite(now() + snooze.delay)
             THEN 'delay must be a finite interval >= 0' END);
     j := commitq._locked_lease(snooze.job_id, snooze.lease_token);
     PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);

@@ -28,7 +28,10 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
-        WHEN p_name IS NULL OR p_name = '' OR octet_length(p_name) > 255 OR p_name ~ '[[:cntrl:]]'
+        WHEN p_name IS NULL THEN 'lease name must not be NULL'
+        WHEN p_owner IS NULL THEN 'owner must not be NULL'
+        WHEN p_ttl IS NULL THEN 'ttl must not be NULL'
+        WHEN p_name = '' OR octet_length(p_name) > 255 OR p_name ~ '[[:cntrl:]]'
             THEN 'lease name must be 1 to 255 bytes of printable text'
         WHEN p_owner IS NULL OR p_owner = '' OR octet_length(p_owner) > 255
             THEN 'owner must be 1 to 255 bytes'
@@ -126,8 +129,9 @@ AS $$
 DECLARE
     l commitq.named_leases;
 BEGIN
+    -- Arguments first (the owner is the holder's, already valid).
+    PERFORM commitq._check(commitq._lease_args_problem(renew_lease.name, '-', renew_lease.ttl));
     l := commitq._locked_named_lease(renew_lease.name, renew_lease.token);
-    PERFORM commitq._check(commitq._lease_args_problem(l.name, l.owner, renew_lease.ttl));
     UPDATE commitq.named_leases x SET expires_at = clock_timestamp() + renew_lease.ttl
      WHERE x.name = l.name
     RETURNING x.expires_at INTO l.expires_at;

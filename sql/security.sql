@@ -38,6 +38,18 @@ REVOKE ALL ON ALL TABLES IN SCHEMA commitq FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA commitq FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA commitq FROM PUBLIC;
 REVOKE ALL ON TYPE commitq.job_state, commitq.claimed_job FROM PUBLIC;
+-- Every table's row type too (array types follow their element type).
+DO $$
+DECLARE
+    t regtype;
+BEGIN
+    FOR t IN SELECT ty.oid::regtype FROM pg_catalog.pg_type ty
+              WHERE ty.typnamespace = 'commitq'::regnamespace AND ty.typrelid <> 0
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TYPE %s FROM PUBLIC', t);
+    END LOOP;
+END
+$$;
 
 GRANT USAGE ON SCHEMA commitq TO commitq_producer, commitq_worker, commitq_operator;
 GRANT USAGE ON TYPE commitq.job_state, commitq.claimed_job

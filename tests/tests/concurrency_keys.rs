@@ -163,7 +163,10 @@ async fn sixteen_handlers_two_hundred_keys_never_overlap() {
     );
     assert_eq!(keyed.max_at_once.load(Ordering::SeqCst), 1);
     assert_eq!(keyed.runs.load(Ordering::SeqCst), JOBS, "each job ran once");
-    assert_eq!(scalar(&client, "SELECT count(*) FROM commitq.jobs").await, 0);
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM commitq.jobs").await,
+        0
+    );
     // Every slot was given back.
     assert_eq!(
         scalar(
@@ -202,7 +205,10 @@ async fn a_prefix_limit_lets_that_many_run_at_once() {
 
     // Lowered back to 1: running keys take the new limit at once.
     admin
-        .execute("SELECT commitq.set_concurrency_limit('account:*', NULL)", &[])
+        .execute(
+            "SELECT commitq.set_concurrency_limit('account:*', NULL)",
+            &[],
+        )
         .await
         .unwrap();
     enqueue_jobs(&client, 100, 2, true).await;
@@ -235,10 +241,16 @@ async fn a_vanished_worker_holds_its_key_until_its_lease_is_rescued() {
         .get(0);
     assert_eq!(state, "blocked");
     let again = c
-        .query("SELECT job_id FROM commitq.claim('accounts', 'other', 5)", &[])
+        .query(
+            "SELECT job_id FROM commitq.claim('accounts', 'other', 5)",
+            &[],
+        )
         .await
         .unwrap();
-    assert!(again.is_empty(), "the key is still held by the vanished worker");
+    assert!(
+        again.is_empty(),
+        "the key is still held by the vanished worker"
+    );
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rescued: i64 = c
@@ -248,8 +260,15 @@ async fn a_vanished_worker_holds_its_key_until_its_lease_is_rescued() {
         .get(0);
     assert_eq!(rescued, 1);
     let next = c
-        .query("SELECT job_id FROM commitq.claim('accounts', 'other', 5)", &[])
+        .query(
+            "SELECT job_id FROM commitq.claim('accounts', 'other', 5)",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(next.len(), 1, "the rescue gave the key's slot to the next job");
+    assert_eq!(
+        next.len(),
+        1,
+        "the rescue gave the key's slot to the next job"
+    );
 }

@@ -597,7 +597,11 @@ async fn main() {
         .map(|systems| {
             systems
                 .into_iter()
-                .filter(|m| args.only.as_ref().is_none_or(|o| m.system().contains(o.as_str())))
+                .filter(|m| {
+                    args.only
+                        .as_ref()
+                        .is_none_or(|o| m.system().contains(o.as_str()))
+                })
                 .collect::<Vec<_>>()
         })
         .filter(|systems| !systems.is_empty())

@@ -1,0 +1,555 @@
+//! Bad input through SQL and through the client: NULL in every argument of
+//! every public function, payloads at and past the size limit, dates at the
+//! edges of the calendar, names with quotes and look-alike letters, a job
+//! kind no worker knows; and a property test of the argument validation
+//! against a model of the documented rules. Each case gets its documented
+//! error or behaviour, and a refused call leaves everything as it was.
+
+use std::time::Duration;
+
+use commitq::{Client, EnqueueOptions, Error, Job, Outcome, WorkerPool};
+use commitq_tests::{sqlstate, TestDb};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Every public function with a valid value for each argument (SQL literal,
+/// type), and the arguments for which NULL has a documented meaning rather
+/// than being an error (a default: now, no key, no gate, the claim's lease,
+/// no limit).
+/// (function, its arguments as (SQL value, type), arguments that may be NULL)
+type Call = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [usize],
+);
+
+const CALLS: &[Call] = &[
+    (
+        "enqueue",
+        &[
+            ("'q'", "text"),
+            ("'k'", "text"),
+            ("'{}'", "jsonb"),
+            ("0", "integer"),
+            ("now()", "timestamptz"),
+            ("3", "integer"),
+            ("'i'", "text"),
+            ("'c'", "text"),
+            ("NULL", "xid8"),
+        ],
+        &[4, 6, 7, 8],
+    ),
+    (
+        "enqueue_many",
+        &[
+            ("'q'", "text"),
+            ("'k'", "text"),
+            ("ARRAY['{}']", "jsonb[]"),
+            ("0", "integer"),
+            ("now()", "timestamptz"),
+            ("3", "integer"),
+            ("ARRAY['i']", "text[]"),
+            ("ARRAY['c']", "text[]"),
+        ],
+        &[4, 6, 7],
+    ),
+    (
+        "enqueue_many",
+        &[("'[{\"queue\": \"q\", \"kind\": \"k\"}]'", "jsonb")],
+        &[],
+    ),
+    (
+        "claim",
+        &[
+            ("'q'", "text"),
+            ("'w'", "text"),
+            ("1", "integer"),
+            ("'1 minute'", "interval"),
+        ],
+        &[],
+    ),
+    ("complete", &[("1", "bigint"), ("1", "bigint")], &[]),
+    (
+        "complete_many",
+        &[("ARRAY[1]", "bigint[]"), ("ARRAY[1]", "bigint[]")],
+        &[],
+    ),
+    (
+        "complete_and_claim",
+        &[
+            ("ARRAY[1]", "bigint[]"),
+            ("ARRAY[1]", "bigint[]"),
+            ("'q'", "text"),
+            ("'w'", "text"),
+            ("1", "integer"),
+            ("'1 minute'", "interval"),
+        ],
+        &[],
+    ),
+    (
+        "fail",
+        &[
+            ("1", "bigint"),
+            ("1", "bigint"),
+            ("'boom'", "text"),
+            ("'1 second'", "interval"),
+            ("false", "boolean"),
+        ],
+        &[3],
+    ),
+    (
+        "heartbeat",
+        &[("1", "bigint"), ("1", "bigint"), ("'1 minute'", "interval")],
+        &[2],
+    ),
+    (
+        "snooze",
+        &[("1", "bigint"), ("1", "bigint"), ("'1 minute'", "interval")],
+        &[],
+    ),
+    ("assert_lease", &[("1", "bigint"), ("1", "bigint")], &[]),
+    (
+        "effect_begin",
+        &[("1", "bigint"), ("1", "bigint"), ("'charge'", "text")],
+        &[],
+    ),
+    (
+        "effect_done",
+        &[
+            ("1", "bigint"),
+            ("1", "bigint"),
+            ("'charge'", "text"),
+            ("'{}'", "jsonb"),
+        ],
+        &[3],
+    ),
+    ("cancel", &[("1", "bigint")], &[]),
+    ("retry", &[("1", "bigint")], &[]),
+    (
+        "try_acquire_lease",
+        &[
+            ("'cron'", "text"),
+            ("'me'", "text"),
+            ("'1 minute'", "interval"),
+        ],
+        &[],
+    ),
+    (
+        "acquire_lease",
+        &[
+            ("'cron'", "text"),
+            ("'me'", "text"),
+            ("'1 minute'", "interval"),
+            ("'1 second'", "interval"),
+        ],
+        // NULL wait: do not wait, as try_acquire_lease
+        &[3],
+    ),
+    (
+        "renew_lease",
+        &[
+            ("'cron'", "text"),
+            ("1", "bigint"),
+            ("'1 minute'", "interval"),
+        ],
+        &[],
+    ),
+    ("release_lease", &[("'cron'", "text"), ("1", "bigint")], &[]),
+    (
+        "assert_fencing_token",
+        &[("'cron'", "text"), ("1", "bigint")],
+        &[],
+    ),
+    (
+        "set_concurrency_limit",
+        &[("'tenant:*'", "text"), ("3", "integer")],
+        &[1],
+    ),
+];
+
+/// The server's message of a failed call.
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Everything commitq stores, to prove a refused call changed nothing.
+async fn stored(c: &tokio_postgres::Client) -> String {
+    let mut all = String::new();
+    for table in [
+        "jobs",
+        "finished_jobs",
+        "idempotency_keys",
+        "concurrency_keys",
+        "concurrency_limits",
+        "job_effects",
+        "named_leases",
+    ] {
+        let row = c
+            .query_one(
+                &format!("SELECT coalesce(jsonb_agg(t ORDER BY t::text), '[]')::text FROM commitq.{table} t"),
+                &[],
+            )
+            .await
+            .unwrap();
+        all.push_str(&row.get::<_, String>(0));
+    }
+    all
+}
+
+#[tokio::test]
+async fn null_in_any_argument_is_refused_or_means_its_default() {
+    let db = TestDb::new("t_bad_nulls").await;
+    let c = db.connect().await;
+    // Some state for refused calls to leave alone.
+    c.batch_execute(
+        "SELECT commitq.enqueue('q', 'k', '{\"n\": 1}', idempotency_key => 'x', concurrency_key => 'a:1');
+         SELECT commitq.claim('q', 'w', 1);
+         SELECT commitq.enqueue('q', 'k', '{\"n\": 2}');
+         SELECT commitq.try_acquire_lease('held', 'me', '1 minute');",
+    )
+    .await
+    .unwrap();
+    let before = stored(&c).await;
+    let mut cases = 0;
+    for (name, args, nullable) in CALLS {
+        let call = |null_at: Option<usize>| {
+            let list: Vec<String> = args
+                .iter()
+                .enumerate()
+                .map(|(j, (value, ty))| match null_at {
+                    Some(i) if i == j => format!("NULL::{ty}"),
+                    _ => format!("{value}::{ty}"),
+                })
+                .collect();
+            format!("SELECT * FROM commitq.{name}({})", list.join(", "))
+        };
+        // What the call does with valid values (it may well be "job not
+        // found"): a documented default must do the same.
+        let outcome = |r: Result<(), tokio_postgres::Error>| r.map_err(|e| sqlstate(&e));
+        c.batch_execute("BEGIN").await.unwrap();
+        let valid = outcome(c.batch_execute(&call(None)).await);
+        c.batch_execute("ROLLBACK").await.unwrap();
+        for i in 0..args.len() {
+            let sql = call(Some(i));
+            cases += 1;
+            if nullable.contains(&i) {
+                c.batch_execute("BEGIN").await.unwrap();
+                let with_null = outcome(c.batch_execute(&sql).await);
+                c.batch_execute("ROLLBACK").await.unwrap();
+                assert_eq!(with_null, valid, "{sql}");
+            } else {
+                let e = c
+                    .batch_execute(&sql)
+                    .await
+                    .expect_err(&format!("NULL accepted: {sql}"));
+                assert_eq!(sqlstate(&e), "CQ001", "{sql}: {e}");
+                let message = message(&e);
+                assert!(
+                    message.starts_with("commitq: ") && message.contains("NULL"),
+                    "{sql}: {message}"
+                );
+                assert_eq!(stored(&c).await, before, "{sql} changed something");
+            }
+        }
+    }
+    assert!(cases > 60, "{cases} cases");
+}
+
+#[tokio::test]
+async fn payloads_dates_and_names_at_the_edges() {
+    let db = TestDb::new("t_bad_edges").await;
+    let c = db.connect().await;
+
+    // Payloads: an empty object is fine; 10 MB is refused with CQ001 (the
+    // default limit is 1 MB) and nothing is stored; JSON that is not an
+    // object is refused.
+    c.batch_execute("SELECT commitq.enqueue('q', 'k', '{}')")
+        .await
+        .unwrap();
+    let before = stored(&c).await;
+    let huge = serde_json::json!({ "blob": "x".repeat(10 * 1024 * 1024) });
+    let e = c
+        .execute("SELECT commitq.enqueue('q', 'k', $1)", &[&huge])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "CQ001");
+    assert!(message(&e).contains("args too large"), "{e}");
+    for args in ["[]", "1", "\"s\"", "null", "true"] {
+        let e = c
+            .batch_execute(&format!("SELECT commitq.enqueue('q', 'k', '{args}')"))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "CQ001", "{args}");
+    }
+    // Invalid UTF-8 or malformed JSON never reaches commitq: Postgres
+    // refuses it while parsing the argument.
+    let e = c
+        .batch_execute(
+            "SELECT commitq.enqueue('q', 'k', convert_from('\\xc3'::bytea, 'UTF8')::jsonb)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22021");
+    let e = c
+        .batch_execute("SELECT commitq.enqueue('q', 'k', '{\"a\": ')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22P02");
+    // Names with quotes, semicolons, look-alike letters, control characters.
+    for queue in [
+        "q'; DROP TABLE commitq.jobs; --",
+        "q;q",
+        "Q",
+        "q\u{0430}",
+        "q\u{200b}",
+        "q q",
+        "",
+    ] {
+        let e = c
+            .execute("SELECT commitq.enqueue($1, 'k', '{}')", &[&queue])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "CQ001", "{queue:?}");
+    }
+    // Numbers out of range.
+    for (priority, attempts) in [
+        (-40000, 3),
+        (40000, 3),
+        (0, 0),
+        (0, -1),
+        (0, 1001),
+        (0, i32::MAX),
+    ] {
+        let e = c
+            .execute(
+                "SELECT commitq.enqueue('q', 'k', '{}', priority => $1, max_attempts => $2)",
+                &[&priority, &attempts],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "CQ001", "{priority} {attempts}");
+    }
+    assert_eq!(stored(&c).await, before, "refused calls changed nothing");
+
+    // Dates: 9999 is a job scheduled far ahead; 1970 is due at once and
+    // claimed first (it is the earliest).
+    let far: i64 = c
+        .query_one(
+            "SELECT job_id FROM commitq.enqueue('q', 'k', '{}', run_at => '9999-12-31 23:59:59+00')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let early: i64 = c
+        .query_one(
+            "SELECT job_id FROM commitq.enqueue('q', 'k', '{}', run_at => '1970-01-01 00:00:00+00')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let states: Vec<(i64, String)> = c
+        .query(
+            "SELECT id, state::text FROM commitq.jobs WHERE id = ANY($1) ORDER BY id",
+            &[&vec![far, early]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(far, "scheduled".into()), (early, "available".into())]
+    );
+    let first: i64 = c
+        .query_one("SELECT job_id FROM commitq.claim('q', 'w', 1)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, early);
+    let e = c
+        .batch_execute("SELECT commitq.enqueue('q', 'k', '{}', run_at => 'infinity')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "CQ001");
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Known {
+    n: i64,
+}
+
+impl Job for Known {
+    const KIND: &'static str = "known";
+    const QUEUE: &'static str = "edges";
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Unknown {
+    n: i64,
+}
+
+impl Job for Unknown {
+    const KIND: &'static str = "nobody_handles_this";
+    const QUEUE: &'static str = "edges";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_client_bad_input_is_a_typed_error_and_unknown_kinds_wait_for_a_handler() {
+    let db = TestDb::new("t_bad_client").await;
+    let client = Client::connect(&db.url).await.unwrap();
+    let c = db.connect().await;
+
+    for options in [
+        EnqueueOptions::default().queue("Bad Queue"),
+        EnqueueOptions::default().priority(70000),
+        EnqueueOptions::default().max_attempts(0),
+        EnqueueOptions::default().idempotency_key(""),
+        EnqueueOptions::default().concurrency_key("a\u{7}b"),
+    ] {
+        let mut conn = client.pool().get().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        match commitq::enqueue(&*tx, &Known { n: 1 }, &options).await {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains("commitq:"), "{message}")
+            }
+            other => panic!("{options:?}: {other:?}"),
+        }
+    }
+
+    // A kind no worker of this pool handles: the job fails with a clear
+    // error and is retried later (another deployment may handle it); jobs
+    // of known kinds run meanwhile.
+    client.enqueue(&Unknown { n: 1 }).await.unwrap();
+    client.enqueue(&Known { n: 2 }).await.unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("edges", 2)
+        .poll_interval(Duration::from_millis(50))
+        .handle(|_ctx, _job: Known| async { Ok(Outcome::Complete) })
+        .build();
+    let metrics = pool.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(pool.run_until(async {
+        let _ = stopped.await;
+    }));
+    let start = std::time::Instant::now();
+    while metrics.snapshot().completed < 1 || metrics.snapshot().failed < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            metrics.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT state::text, errors->-1->>'error' FROM commitq.jobs WHERE kind = 'nobody_handles_this'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "scheduled");
+    assert!(row.get::<_, String>(1).contains("no handler for kind"));
+}
+
+/// The documented rules, as a model: a queue is 1 to 48 of a-z 0-9 _ . -
+/// starting with a letter or digit; a kind 1 to 128 of A-Z a-z 0-9 _ . : / -
+/// starting with a letter, digit or _; keys 1 to 255 bytes without control
+/// characters; priority a smallint; max_attempts 1..1000.
+fn model_accepts(queue: &str, kind: &str, key: &str, priority: i32, attempts: i32) -> bool {
+    let queue_ok = (1..=48).contains(&queue.len())
+        && queue
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && queue
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+    let kind_ok = (1..=128).contains(&kind.len())
+        && kind
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c));
+    let key_ok = (1..=255).contains(&key.len()) && !key.chars().any(char::is_control);
+    queue_ok
+        && kind_ok
+        && key_ok
+        && (i16::MIN as i32..=i16::MAX as i32).contains(&priority)
+        && (1..=1000).contains(&attempts)
+}
+
+/// Strings near the rules' edges: the allowed alphabets, their look-alikes,
+/// punctuation, controls and multi-byte letters, at lengths around the limits.
+fn name() -> impl Strategy<Value = String> {
+    let pieces = prop_oneof![
+        "[a-z0-9_.-]{1,10}",
+        "[A-Za-z0-9_.:/-]{1,10}",
+        "[ ;'\"\\\\%]{1,2}",
+        Just("\u{0430}".to_string()),
+        Just("\u{200b}".to_string()),
+        Just("\u{7}".to_string()),
+        Just("é".to_string()),
+        "[a-z]{40,60}",
+        "[a-z]{120,140}",
+        "[a-z]{250,260}",
+    ];
+    prop::collection::vec(pieces, 0..4).prop_map(|v| v.concat())
+}
+
+#[test]
+fn enqueue_validation_matches_the_documented_rules() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (db, c) = rt.block_on(async {
+        let db = TestDb::new("t_bad_property").await;
+        let c = db.connect().await;
+        (db, c)
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let inputs = (name(), name(), name(), -40000i32..40000, -5i32..1100);
+    let result = runner.run(&inputs, |(queue, kind, key, priority, attempts)| {
+        let expected = model_accepts(&queue, &kind, &key, priority, attempts);
+        let outcome = rt.block_on(async {
+            c.batch_execute("BEGIN").await.unwrap();
+            let r = c
+                .execute(
+                    "SELECT commitq.enqueue($1, $2, '{}', priority => $3, max_attempts => $4,
+                                            idempotency_key => $5, concurrency_key => $5)",
+                    &[&queue, &kind, &priority, &attempts, &key],
+                )
+                .await;
+            c.batch_execute("ROLLBACK").await.unwrap();
+            r
+        });
+        match outcome {
+            Ok(_) => prop_assert!(
+                expected,
+                "accepted {queue:?} {kind:?} {key:?} {priority} {attempts}"
+            ),
+            Err(e) => {
+                prop_assert!(
+                    !expected,
+                    "refused {queue:?} {kind:?} {key:?} {priority} {attempts}: {e}"
+                );
+                prop_assert_eq!(sqlstate(&e), "CQ001");
+            }
+        }
+        Ok(())
+    });
+    drop(db);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

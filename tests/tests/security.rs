@@ -1,0 +1,480 @@
+//! Security as a matrix: every function and table of the commitq schema,
+//! against every kind of role (owner, producer, worker, operator, a role with
+//! no grant, PUBLIC), checked both in the catalog and by calling; and every
+//! public function called by a user who planted look-alike functions,
+//! operators and temp tables on their path.
+
+use commitq_tests::{connect, sqlstate, TestDb};
+use tokio_postgres::Client;
+
+/// Who may call what. A function of the schema that is not listed here fails
+/// the matrix test, so a new function cannot ship without a decision.
+/// (function name, roles granted EXECUTE, a call that is valid SQL for it)
+const FUNCTIONS: &[(&str, &[&str], &str)] = &[
+    (
+        "enqueue",
+        &["producer"],
+        "SELECT * FROM commitq.enqueue('q', 'k', '{}')",
+    ),
+    (
+        "enqueue_many",
+        &["producer"],
+        "SELECT * FROM commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[])",
+    ),
+    (
+        "enqueue_many(jsonb)",
+        &["producer"],
+        "SELECT * FROM commitq.enqueue_many('[{\"queue\": \"q\", \"kind\": \"k\"}]'::jsonb)",
+    ),
+    (
+        "claim",
+        &["worker"],
+        "SELECT * FROM commitq.claim('q', 'w', 1)",
+    ),
+    ("complete", &["worker"], "SELECT commitq.complete(1, 1)"),
+    (
+        "complete_many",
+        &["worker"],
+        "SELECT * FROM commitq.complete_many(ARRAY[1]::bigint[], ARRAY[1]::bigint[])",
+    ),
+    (
+        "complete_and_claim",
+        &["worker"],
+        "SELECT * FROM commitq.complete_and_claim('{}', '{}', 'q', 'w', 1, '1 minute')",
+    ),
+    (
+        "fail",
+        &["worker"],
+        "SELECT * FROM commitq.fail(1, 1, 'boom')",
+    ),
+    (
+        "heartbeat",
+        &["worker"],
+        "SELECT * FROM commitq.heartbeat(1, 1)",
+    ),
+    (
+        "snooze",
+        &["worker"],
+        "SELECT commitq.snooze(1, 1, '1 minute')",
+    ),
+    (
+        "assert_lease",
+        &["worker"],
+        "SELECT commitq.assert_lease(1, 1)",
+    ),
+    (
+        "effect_begin",
+        &["worker"],
+        "SELECT * FROM commitq.effect_begin(1, 1, 'charge')",
+    ),
+    (
+        "effect_done",
+        &["worker"],
+        "SELECT commitq.effect_done(1, 1, 'charge', '{}')",
+    ),
+    ("maintain", &["worker"], "SELECT * FROM commitq.maintain()"),
+    (
+        "try_acquire_lease",
+        &["producer", "worker"],
+        "SELECT commitq.try_acquire_lease('cron', 'me', '1 minute')",
+    ),
+    (
+        "acquire_lease",
+        &["producer", "worker"],
+        "SELECT commitq.acquire_lease('cron2', 'me', '1 minute', '1 second')",
+    ),
+    (
+        "renew_lease",
+        &["producer", "worker"],
+        "SELECT commitq.renew_lease('cron', 1, '1 minute')",
+    ),
+    (
+        "release_lease",
+        &["producer", "worker"],
+        "SELECT commitq.release_lease('cron', 1)",
+    ),
+    (
+        "assert_fencing_token",
+        &["producer", "worker"],
+        "SELECT commitq.assert_fencing_token('cron', 1)",
+    ),
+    ("cancel", &["operator"], "SELECT commitq.cancel(1)"),
+    ("retry", &["operator"], "SELECT commitq.retry(1)"),
+    (
+        "set_concurrency_limit",
+        &["operator"],
+        "SELECT commitq.set_concurrency_limit('tenant:*', 3)",
+    ),
+];
+
+/// Roles of the matrix: (name in the matrix, granted role). Each test logs
+/// in as roles of its own (roles are cluster-wide, tests run at once).
+const ROLES: &[(&str, Option<&str>)] = &[
+    ("producer", Some("commitq_producer")),
+    ("worker", Some("commitq_worker")),
+    ("operator", Some("commitq_operator")),
+    ("stranger", None),
+];
+
+fn login(test: &str, role: &str) -> String {
+    format!("cq_{test}_{role}")
+}
+
+/// The operator role is granted producer and worker too.
+fn may_execute(role: &str, granted: &[&str]) -> bool {
+    granted.contains(&role) || (role == "operator" && !granted.is_empty())
+}
+
+async fn setup_roles(db: &TestDb, test: &str) -> Client {
+    let admin = db.connect().await;
+    for (role, grant) in ROLES {
+        let login = login(test, role);
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {login}; CREATE ROLE {login} LOGIN;"
+            ))
+            .await
+            .unwrap();
+        if let Some(grant) = grant {
+            admin
+                .batch_execute(&format!("GRANT {grant} TO {login}"))
+                .await
+                .unwrap();
+        }
+    }
+    admin
+}
+
+#[tokio::test]
+async fn every_function_and_table_has_exactly_the_grants_of_the_matrix() {
+    let db = TestDb::new("t_sec_matrix").await;
+    let admin = setup_roles(&db, "matrix").await;
+
+    // The catalog: each function of the schema is listed, internal ones
+    // (named _...) are executable by nobody but the owner, and no function,
+    // table, sequence or type is granted to PUBLIC.
+    let functions = admin
+        .query(
+            "SELECT p.proname::text, p.oid::regprocedure::text, p.oid::oid
+               FROM pg_proc p WHERE p.pronamespace = 'commitq'::regnamespace ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(functions.len() > 30, "{} functions", functions.len());
+    for f in &functions {
+        let (name, signature, oid): (String, String, u32) = (f.get(0), f.get(1), f.get(2));
+        let granted: &[&str] = if name.starts_with('_') {
+            &[]
+        } else {
+            let key = if signature == "commitq.enqueue_many(jsonb)" {
+                "enqueue_many(jsonb)".to_string()
+            } else {
+                name.clone()
+            };
+            FUNCTIONS
+                .iter()
+                .find(|(n, _, _)| *n == key)
+                .unwrap_or_else(|| panic!("{signature} is not in the grant matrix"))
+                .1
+        };
+        for (role, _) in ROLES {
+            let can: bool = admin
+                .query_one(
+                    "SELECT has_function_privilege($1, $2::oid, 'EXECUTE')",
+                    &[&login("matrix", role), &oid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                can,
+                may_execute(role, granted),
+                "{role} EXECUTE on {signature}"
+            );
+        }
+    }
+
+    // Tables: operators read everything and change only config; nobody else
+    // touches a table directly (everything goes through the functions).
+    let tables = admin
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+              WHERE c.relnamespace = 'commitq'::regnamespace AND c.relkind IN ('r', 'S') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(tables.len() >= 10);
+    for t in &tables {
+        let table: String = t.get(0);
+        for (role, _) in ROLES {
+            let login = login("matrix", role);
+            for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+                let can: bool = admin
+                    .query_one(
+                        "SELECT CASE WHEN c.relkind = 'S'
+                                     THEN has_sequence_privilege($1, c.oid, CASE $3 WHEN 'INSERT' THEN 'USAGE' WHEN 'DELETE' THEN 'USAGE' ELSE $3 END)
+                                     ELSE has_table_privilege($1, c.oid, $3) END
+                           FROM pg_class c WHERE c.relnamespace = 'commitq'::regnamespace AND c.relname = $2",
+                        &[&login, &table, &privilege],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                let expected = *role == "operator"
+                    && (privilege == "SELECT" || (privilege == "UPDATE" && table == "config"));
+                let expected = expected && !table.ends_with("_seq");
+                assert_eq!(can, expected, "{role} {privilege} on commitq.{table}");
+            }
+        }
+    }
+
+    let public: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                  WHERE p.pronamespace = 'commitq'::regnamespace AND a.grantee = 0
+                 UNION ALL
+                 SELECT 1 FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+                  WHERE c.relnamespace = 'commitq'::regnamespace AND a.grantee = 0
+                 UNION ALL
+                 SELECT 1 FROM pg_type t, aclexplode(coalesce(t.typacl, acldefault('T', t.typowner))) a
+                  -- array types have no privileges of their own
+                  WHERE t.typnamespace = 'commitq'::regnamespace AND t.typcategory <> 'A'
+                    AND a.grantee = 0
+                 UNION ALL
+                 SELECT 1 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                  WHERE n.nspname = 'commitq' AND a.grantee = 0) x",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        public, 0,
+        "something in the commitq schema is granted to PUBLIC"
+    );
+}
+
+#[tokio::test]
+async fn calling_every_function_as_every_role_matches_the_matrix() {
+    let db = TestDb::new("t_sec_calls").await;
+    setup_roles(&db, "calls").await;
+    for (role, _) in ROLES {
+        let c = connect(&db.url_as(&login("calls", role))).await;
+        for (name, granted, sql) in FUNCTIONS {
+            // In a transaction that is rolled back: the call's own outcome
+            // (not found, stale lease, ...) does not matter, only whether
+            // the role was let in.
+            c.batch_execute("BEGIN").await.unwrap();
+            let result = c.batch_execute(sql).await;
+            c.batch_execute("ROLLBACK").await.unwrap();
+            let refused = matches!(&result, Err(e) if sqlstate(e) == "42501");
+            assert_eq!(
+                !refused,
+                may_execute(role, granted),
+                "{role} calling {name}: {result:?}"
+            );
+        }
+        for sql in [
+            "SELECT count(*) FROM commitq.jobs",
+            "DELETE FROM commitq.jobs",
+            "UPDATE commitq.config SET keep_completed = true",
+        ] {
+            c.batch_execute("BEGIN").await.unwrap();
+            let result = c.batch_execute(sql).await;
+            c.batch_execute("ROLLBACK").await.unwrap();
+            let refused = matches!(&result, Err(e) if sqlstate(e) == "42501");
+            let allowed = *role == "operator" && !sql.starts_with("DELETE");
+            assert_eq!(!refused, allowed, "{role}: {sql}: {result:?}");
+        }
+    }
+}
+
+/// A user planted look-alikes of everything commitq's SQL uses without a
+/// schema (pg_catalog functions and operators, tables by commitq's names in
+/// their own schema and as temp tables) and calls every public function:
+/// each does exactly what it does for anyone else.
+#[tokio::test]
+async fn look_alikes_on_the_path_change_nothing_in_any_function() {
+    let db = TestDb::new("t_sec_hostile").await;
+    let admin = db.connect().await;
+    admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS cq_m_mallory; CREATE ROLE cq_m_mallory LOGIN;
+             GRANT commitq_operator TO cq_m_mallory;
+             CREATE SCHEMA mallory AUTHORIZATION cq_m_mallory;",
+        )
+        .await
+        .unwrap();
+    let m = connect(&db.url_as("cq_m_mallory")).await;
+    // pg_catalog after mallory's schema, and temp tables first: on this
+    // path mallory's look-alikes win over the real ones for any name that is
+    // not schema-qualified.
+    let mut plant = String::from(
+        "SET search_path = pg_temp, mallory, pg_catalog, public;
+         CREATE TABLE mallory.log (what text);
+         CREATE FUNCTION mallory.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE OPERATOR mallory.= (LEFTARG = text, RIGHTARG = text, FUNCTION = mallory.texteq_evil);
+         CREATE FUNCTION mallory.int8lt_evil(bigint, bigint) RETURNS boolean LANGUAGE sql AS $$ SELECT false $$;
+         CREATE OPERATOR mallory.< (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = mallory.int8lt_evil);",
+    );
+    // Functions commitq calls, each shadowed by one that leaves a trace.
+    for (name, args, returns, value) in [
+        ("now", "", "timestamptz", "'epoch'::timestamptz"),
+        ("clock_timestamp", "", "timestamptz", "'epoch'::timestamptz"),
+        ("random", "", "double precision", "0"),
+        ("pg_notify", "text, text", "void", "NULL"),
+        ("jsonb_typeof", "jsonb", "text", "'object'"),
+        ("hashtext", "text", "integer", "0"),
+        ("starts_with", "text, text", "boolean", "true"),
+        (
+            "pg_try_advisory_xact_lock",
+            "integer, integer",
+            "boolean",
+            "true",
+        ),
+        ("pg_xact_status", "xid8", "text", "'committed'"),
+        ("length", "text", "integer", "1"),
+        ("format", "text", "text", "'x'"),
+        ("nextval", "regclass", "bigint", "1"),
+    ] {
+        plant.push_str(&format!(
+            "CREATE FUNCTION mallory.{name}({args}) RETURNS {returns} LANGUAGE sql AS $$
+                 INSERT INTO mallory.log VALUES ('{name} hijacked'); SELECT {value}::{returns} $$;\n"
+        ));
+    }
+    // Tables by commitq's names, in mallory's schema and as temp tables.
+    for table in [
+        "jobs",
+        "finished_jobs",
+        "config",
+        "idempotency_keys",
+        "concurrency_keys",
+        "concurrency_limits",
+        "job_effects",
+        "named_leases",
+        "waiting_workers",
+    ] {
+        plant.push_str(&format!(
+            "CREATE TABLE mallory.{table} (x int); CREATE TEMP TABLE {table} (x int);\n"
+        ));
+    }
+    m.batch_execute(&plant).await.unwrap();
+
+    // Every public function, with the look-alikes on the path.
+    m.batch_execute(
+        "SELECT commitq.set_concurrency_limit('tenant:*', 2);
+         SELECT * FROM commitq.enqueue('q', 'k', '{\"n\": 1}', idempotency_key => 'i1', concurrency_key => 'tenant:1');
+         SELECT * FROM commitq.enqueue('q', 'k', '{\"n\": 1}', idempotency_key => 'i1');
+         SELECT * FROM commitq.enqueue_many('q', 'k', ARRAY['{\"n\": 2}', '{\"n\": 3}']::jsonb[]);
+         SELECT * FROM commitq.enqueue_many('[{\"queue\": \"q\", \"kind\": \"k\", \"args\": {\"n\": 4}}]'::jsonb);
+         SELECT commitq.try_acquire_lease('cron', 'mallory', '1 minute');",
+    )
+    .await
+    .unwrap();
+    let claimed = m
+        .query(
+            "SELECT job_id, lease_token, lease_expires_at > pg_catalog.now() + interval '50 seconds'
+               FROM commitq.claim('q', 'w', 10, '1 minute')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4, "four jobs, one of them a duplicate");
+    assert!(
+        claimed.iter().all(|r| r.get::<_, bool>(2)),
+        "leases by the server's clock"
+    );
+    let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
+    let tokens: Vec<i64> = claimed.iter().map(|r| r.get(1)).collect();
+    m.execute(
+        "SELECT commitq.assert_lease($1, $2)",
+        &[&ids[0], &tokens[0]],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "SELECT * FROM commitq.heartbeat($1, $2)",
+        &[&ids[0], &tokens[0]],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "SELECT * FROM commitq.effect_begin($1, $2, 'charge')",
+        &[&ids[0], &tokens[0]],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "SELECT commitq.effect_done($1, $2, 'charge', '{}')",
+        &[&ids[0], &tokens[0]],
+    )
+    .await
+    .unwrap();
+    m.execute("SELECT commitq.complete($1, $2)", &[&ids[0], &tokens[0]])
+        .await
+        .unwrap();
+    m.execute(
+        "SELECT * FROM commitq.fail($1, $2, 'boom')",
+        &[&ids[1], &tokens[1]],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "SELECT commitq.snooze($1, $2, '1 hour')",
+        &[&ids[2], &tokens[2]],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "SELECT * FROM commitq.complete_many($1, $2)",
+        &[&vec![ids[3]], &vec![tokens[3]]],
+    )
+    .await
+    .unwrap();
+    m.batch_execute(
+        "SELECT * FROM commitq.complete_and_claim('{}', '{}', 'q', 'w', 1, '1 minute');
+         SELECT * FROM commitq.maintain();",
+    )
+    .await
+    .unwrap();
+    let err = m
+        .execute("SELECT commitq.complete($1, $2)", &[&ids[0], &tokens[0]])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "CQ102", "a stale lease stays stale");
+    m.execute("SELECT commitq.retry($1)", &[&ids[1]])
+        .await
+        .unwrap();
+    m.execute("SELECT commitq.cancel($1)", &[&ids[2]])
+        .await
+        .unwrap();
+
+    // Nothing of mallory's ran, and commitq's tables hold what they should.
+    let hijacked: Vec<String> = m
+        .query("SELECT what FROM mallory.log", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(hijacked.is_empty(), "hijacked: {hijacked:?}");
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM commitq.jobs),
+                    (SELECT count(*) FROM commitq.jobs WHERE enqueued_at < '2000-01-01'),
+                    (SELECT count(*) FROM commitq.finished_jobs WHERE state = 'cancelled'),
+                    (SELECT count(*) FROM commitq.idempotency_keys),
+                    (SELECT count(*) FROM commitq.concurrency_limits WHERE max_running = 2),
+                    (SELECT count(*) FROM commitq.named_leases)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: Vec<i64> = (0..6).map(|i| row.get(i)).collect();
+    // Live: the failed job, retried; cancelled: the snoozed one; one key,
+    // one limit, one lease.
+    assert_eq!(counts, vec![1, 0, 1, 1, 1, 1]);
+}
