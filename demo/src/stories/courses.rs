@@ -1,15 +1,16 @@
 //! Story 1, courses and suspensions: a user buys several courses at once;
 //! if the card is declined the account is suspended and one suspension
 //! email is sent. Naively, two jobs of one account both see "not
-//! suspended", both charge, both send the email. With commitq each job
-//! locks its account row in the transaction it completes in, so jobs of one
-//! account take turns and the second sees the suspension.
+//! suspended", both charge, both send the email. With commitq the jobs of
+//! one account share a concurrency key, so they never run at the same time:
+//! each starts after the previous one committed, and sees the suspension,
+//! without holding a row lock across the call to the payment provider.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use commitq::{Job, Outcome, WorkerPool};
+use commitq::{EnqueueOptions, Job, Outcome, WorkerPool};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -28,6 +29,11 @@ struct ChargeAndDeliver {
 impl Job for ChargeAndDeliver {
     const KIND: &'static str = "charge_and_deliver";
     const QUEUE: &'static str = "billing";
+
+    /// One job of an account at a time.
+    fn options(&self) -> EnqueueOptions {
+        EnqueueOptions::default().concurrency_key(format!("account:{}", self.account))
+    }
 }
 
 /// The payment provider: slow, and it declines every card of one account in three.
@@ -93,8 +99,9 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
         .await;
     };
 
-    // commitq: the same jobs; the handler's transaction locks the account,
-    // charges, suspends, and completes the job.
+    // commitq: the same jobs, one at a time per account (concurrency key);
+    // the handler checks, charges, suspends and completes the job in one
+    // transaction.
     let bar = ctx.bar.clone();
     let pool = WorkerPool::builder(ctx.client.clone()).queue("billing", WORKERS).handle(
         move |job_ctx, job: ChargeAndDeliver| {
@@ -104,7 +111,7 @@ pub async fn run(ctx: &Ctx) -> Vec<Row> {
                 let mut conn = job_ctx.client().pool().get().await?;
                 let tx = conn.transaction().await?;
                 let suspended: bool = tx
-                    .query_one("SELECT suspended FROM demo.accounts WHERE id = $1 FOR UPDATE", &[&account])
+                    .query_one("SELECT suspended FROM demo.accounts WHERE id = $1", &[&account])
                     .await?
                     .get(0);
                 if !suspended {
