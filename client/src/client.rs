@@ -65,6 +65,17 @@ impl Client {
         enqueue(&**conn, job, &job.options()).await
     }
 
+    /// Enqueue a job on its own connection with these options instead of
+    /// the job type's own.
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        job: &J,
+        options: &EnqueueOptions,
+    ) -> Result<Enqueued, Error> {
+        let conn = self.pool.get().await?;
+        enqueue(&**conn, job, options).await
+    }
+
     /// Enqueue many jobs of one type in one statement.
     pub async fn enqueue_many<J: Job>(&self, jobs: &[J]) -> Result<Vec<Enqueued>, Error> {
         let conn = self.pool.get().await?;

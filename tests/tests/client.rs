@@ -724,3 +724,50 @@ async fn a_job_gated_on_another_transaction_waits_for_its_commit() {
         "the job saw the request's row"
     );
 }
+
+#[tokio::test]
+async fn enqueue_with_uses_the_given_options_instead_of_the_types() {
+    let (_db, client) = setup("t_client_enqueue_with").await;
+    let options = EnqueueOptions::default()
+        .queue("elsewhere")
+        .priority(-5)
+        .concurrency_key("account:7")
+        .idempotency_key("once");
+    let first = client
+        .enqueue_with(
+            &Record {
+                n: 1,
+                label: "a".into(),
+            },
+            &options,
+        )
+        .await
+        .unwrap();
+    let again = client
+        .enqueue_with(
+            &Record {
+                n: 2,
+                label: "b".into(),
+            },
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(first.inserted && !again.inserted);
+    assert_eq!(first.job_id, again.job_id);
+    let row = client
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT queue, priority::int, concurrency_key, idempotency_key FROM commitq.jobs WHERE id = $1",
+            &[&first.job_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "elsewhere");
+    assert_eq!(row.get::<_, i32>(1), -5);
+    assert_eq!(row.get::<_, String>(2), "account:7");
+    assert_eq!(row.get::<_, String>(3), "once");
+}
