@@ -48,6 +48,7 @@ mod error;
 mod job;
 mod lease;
 mod metrics;
+pub mod testing;
 mod worker;
 
 pub use client::{enqueue, enqueue_many, Client};
