@@ -121,12 +121,8 @@ BEGIN
                (SELECT array_agg(cand.id ORDER BY cand.ord) FROM cand
                  WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))),
                (SELECT array_agg(cand.ck ORDER BY cand.ord) FROM cand
-                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))),
-               (SELECT array_agg(DISTINCT cand.ck) FROM cand
-                 WHERE cand.ck IS NOT NULL
-                   AND cand.ck <> ALL (ARRAY(SELECT c.key FROM commitq.concurrency_keys c
-                                              WHERE c.key = ANY (v_keys))))
-          INTO v_claimed, v_parked, v_left_ids, v_left_keys, v_missing;
+                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked)))
+          INTO v_claimed, v_parked, v_left_ids, v_left_keys;
 
         IF v_claimed IS NOT NULL THEN
             RETURN QUERY SELECT * FROM unnest(v_claimed);
@@ -137,7 +133,16 @@ BEGIN
         -- First claim of a key: create its row and retry its jobs at once
         -- (they stay locked by us meanwhile). Jobs of keys busy elsewhere
         -- are passed over until we commit.
-        v_created := CASE WHEN v_missing IS NOT NULL THEN commitq._create_keys(v_missing) END;
+        -- Keys of left jobs that have no row yet (the others are busy).
+        v_created := NULL;
+        IF v_left_keys IS NOT NULL THEN
+            SELECT array_agg(DISTINCT k) INTO v_missing FROM unnest(v_left_keys) k
+             WHERE k <> ALL (ARRAY(SELECT c.key FROM commitq.concurrency_keys c
+                                    WHERE c.key = ANY (v_left_keys)));
+            IF v_missing IS NOT NULL THEN
+                v_created := commitq._create_keys(v_missing);
+            END IF;
+        END IF;
         IF v_created IS NOT NULL THEN
             SELECT array_agg(t.id ORDER BY t.ord), array_agg(t.ck ORDER BY t.ord)
               INTO v_ids, v_keys
@@ -239,6 +244,7 @@ BEGIN
     SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key)
       INTO v_keys, v_free
       FROM given WHERE given.blocked > 0 AND given.free > 0;
+    -- Most releases find no job waiting, and stop here.
     IF v_keys IS NOT NULL THEN
         PERFORM commitq._promote_blocked(v_keys, v_free);
     END IF;
