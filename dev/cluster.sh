@@ -6,7 +6,11 @@
 #
 #   dev/cluster.sh start | stop | status | env | psql [args] | createdb NAME
 #
-# COMMITQ_PGPORT picks the port (default 54329).
+#   dev/cluster.sh crash     # stop at once (pg_ctl -m immediate), as a crash would
+#
+# COMMITQ_PGPORT picks the port (default 54329); COMMITQ_PGDIR names the
+# folder under target/ (default pg), so a second cluster can run beside the
+# first (the fault-injection suite crashes its own).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +25,7 @@ run_as_owner() {
 # the checkout or the socket path would exceed the kernel's 107-byte limit;
 # then a folder in /tmp named after the checkout, linked from target/pg.
 base_dir() {
-    local want=$root/target/pg
+    local want=$root/target/${COMMITQ_PGDIR:-pg}
     if [ -L "$want" ]; then readlink "$want"; return; fi
     mkdir -p "$root/target"
     local sock_path="$want/sock/.s.PGSQL.$port"
@@ -29,7 +33,7 @@ base_dir() {
         echo "$want"
     else
         local alt
-        alt=/tmp/commitq-pg-$(printf '%s' "$root" | md5sum | cut -c1-10)
+        alt=/tmp/commitq-${COMMITQ_PGDIR:-pg}-$(printf '%s' "$root" | md5sum | cut -c1-10)
         ln -sfn "$alt" "$want"
         echo "$alt"
     fi
@@ -102,9 +106,17 @@ stop() {
     fi
 }
 
+crash() {
+    if is_running; then
+        run_as_owner "$bindir/pg_ctl" -D "$data" -m immediate -w stop >/dev/null
+        say "stopped at once (immediate)"
+    fi
+}
+
 case "${1:-status}" in
     start) start ;;
     stop) stop ;;
+    crash) crash ;;
     status)
         if is_running; then echo "running on port $(running_port), data $data"; else echo "stopped"; exit 3; fi ;;
     env)
@@ -120,5 +132,5 @@ case "${1:-status}" in
             -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" -c "CREATE DATABASE \"$name\""
         "$bindir/psql" -h "$sock" -p "$port" -U postgres -qX -v ON_ERROR_STOP=1 -d "$name" \
             -c "CREATE EXTENSION pg_commitq" ;;
-    *) echo "usage: $0 start|stop|status|env|psql|createdb NAME" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|crash|status|env|psql|createdb NAME" >&2; exit 2 ;;
 esac
