@@ -1,5 +1,5 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
-.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick
+.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
 
 ## Install PostgreSQL 15, clang and cargo-pgrx when missing (Debian 12).
 setup:
@@ -37,3 +37,13 @@ bench: cluster-start
 
 bench-quick: cluster-start
 	cargo run --release -p commitq-tests --bin bench -- --quick
+
+## The fault-injection suite: short mode (also part of `make test`), and the
+## long one for a release (100,000 jobs, 50 kills, 3 crashes of PostgreSQL).
+faults: setup
+	dev/install-extension.sh
+	cargo run -p commitq-tests --bin faults -- --short
+
+faults-long: setup
+	dev/install-extension.sh
+	cargo run --release -p commitq-tests --bin faults

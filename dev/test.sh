@@ -4,6 +4,9 @@
 #   pg_test      #[pg_test] functions inside one backend (cargo pgrx test)
 #   integration  tests/ crate: several real connections to the project cluster
 #   isolation    pg_isolation_regress specs for interleavings
+#   faults       the fault-injection suite, short mode (worker processes
+#                killed, stopped, disconnected; PostgreSQL crashed), on a
+#                cluster of its own
 # Every layer runs even when an earlier one fails, so one run shows them all.
 set -uo pipefail
 
@@ -53,11 +56,16 @@ isolation() {
     tests/isolation/run.sh
 }
 
+faults() {
+    cargo run --quiet -p commitq-tests --bin faults -- --short
+}
+
 layer lint lint
 layer pg_test pg_test
 if install_and_start; then
     layer integration integration
     layer isolation isolation
+    layer faults faults
 else
     failed+=("install")
 fi

@@ -547,7 +547,19 @@ async fn run(args: &Args, mode: &Mode) -> (String, u32) {
     .await;
 
     // Vacuum blocked: the same steady load with and without a transaction
-    // held open on another connection.
+    // held open on another connection, on fresh workers without faults.
+    drop(workers);
+    let mut workers = Workers {
+        exe: std::env::current_exe()
+            .unwrap()
+            .with_file_name("fault_worker"),
+        url: direct_url(DB),
+        children: Vec::new(),
+    };
+    for i in 1..=mode.workers {
+        let child = workers.spawn_one(i);
+        workers.children.push(child);
+    }
     let (rate_free, growth_free) = steady_load(mode.long_tx, false).await;
     let (rate_blocked, growth_blocked) = steady_load(mode.long_tx, true).await;
     drop(workers);
@@ -628,7 +640,7 @@ async fn run(args: &Args, mode: &Mode) -> (String, u32) {
         t.push_str(&format!("| {name} | {value} |\n"));
     }
     t.push_str(&format!(
-        "\nVacuum blocked ({:.0} s of steady load each): {rate_free:.0} jobs/s with no open transaction, {rate_blocked:.0} jobs/s with one held open ({:+.0}%); the job table grew by {} kB and {} kB.\n",
+        "\nVacuum blocked ({:.0} s of steady load each, about 1,000 jobs kept waiting): {rate_free:.0} jobs/s with no open transaction, {rate_blocked:.0} jobs/s with one held open ({:+.0}%); commitq.jobs (table and indexes) grew by {} kB and by {} kB.\n",
         mode.long_tx.as_secs_f64(),
         100.0 * (rate_blocked / rate_free.max(1.0) - 1.0),
         growth_free / 1024,
@@ -637,25 +649,20 @@ async fn run(args: &Args, mode: &Mode) -> (String, u32) {
     (t, violations)
 }
 
-/// Enqueue and drain at once for `secs` (two producers, the running
-/// workers), optionally with a transaction held open meanwhile; returns the
-/// completion rate and how much commitq.jobs grew (bytes).
+/// A steady load for `secs`: a producer keeps about a thousand jobs waiting
+/// while the workers drain, optionally with a transaction held open on
+/// another connection (so vacuum can remove nothing); returns the completion
+/// rate and how much commitq.jobs grew (bytes, table and indexes).
 async fn steady_load(secs: Duration, hold_open: bool) -> (f64, i64) {
     let db = connect_retrying(&direct_url(DB)).await;
     db.batch_execute("VACUUM commitq.jobs").await.unwrap();
-    let before_size: i64 = db
-        .query_one("SELECT pg_total_relation_size('commitq.jobs')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let before_done: i64 = db
-        .query_one(
-            "SELECT count(*) FROM commitq.finished_jobs WHERE state = 'completed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let one = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let before_size = one("SELECT pg_total_relation_size('commitq.jobs')").await;
+    let before_done =
+        one("SELECT count(*) FROM commitq.finished_jobs WHERE state = 'completed'").await;
     let holder = connect_retrying(&direct_url(DB)).await;
     if hold_open {
         holder
@@ -664,43 +671,27 @@ async fn steady_load(secs: Duration, hold_open: bool) -> (f64, i64) {
             .unwrap();
     }
     let until = Instant::now() + secs;
-    let producers: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(async move {
-                let c = connect_retrying(&direct_url(DB)).await;
-                while Instant::now() < until {
-                    let _ = c
-                        .batch_execute(
-                            "SELECT count(*) FROM commitq.enqueue_many('faults', 'fault_job',
-                                 array_fill('{\"n\": 0, \"external\": false}'::jsonb, ARRAY[20]))",
-                        )
-                        .await;
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        let _ = p.await;
+    while Instant::now() < until {
+        let waiting = one("SELECT count(*) FROM commitq.jobs WHERE state = 'available'").await;
+        if waiting < 1000 {
+            db.batch_execute(
+                "SELECT count(*) FROM commitq.enqueue_many('faults', 'fault_job',
+                     array_fill('{\"n\": 0, \"external\": false}'::jsonb, ARRAY[200]))",
+            )
+            .await
+            .unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
-    let elapsed = secs.as_secs_f64();
-    let after_done: i64 = db
-        .query_one(
-            "SELECT count(*) FROM commitq.finished_jobs WHERE state = 'completed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let after_size: i64 = db
-        .query_one("SELECT pg_total_relation_size('commitq.jobs')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let after_done =
+        one("SELECT count(*) FROM commitq.finished_jobs WHERE state = 'completed'").await;
+    let after_size = one("SELECT pg_total_relation_size('commitq.jobs')").await;
     if hold_open {
         holder.batch_execute("COMMIT").await.unwrap();
     }
     (
-        (after_done - before_done) as f64 / elapsed,
+        (after_done - before_done) as f64 / secs.as_secs_f64(),
         after_size - before_size,
     )
 }
