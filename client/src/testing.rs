@@ -207,15 +207,23 @@ impl Race {
                     Err(_) => report.errors.push((round, "run timed out".into())),
                 }
             }
-            report.rounds += 1;
-            if let Err(message) = check(round).await {
-                report.broken.push((round, message));
-                if self.stop_on_first_broken {
-                    break;
-                }
+            if !self.checked(&mut report, round, check(round).await) {
+                break;
             }
         }
         report
+    }
+
+    /// Count a played round and its check's verdict; false to stop here.
+    fn checked(&self, report: &mut RaceReport, round: usize, verdict: Result<(), String>) -> bool {
+        report.rounds += 1;
+        match verdict {
+            Ok(()) => true,
+            Err(message) => {
+                report.broken.push((round, message));
+                !self.stop_on_first_broken
+            }
+        }
     }
 
     /// Each round: `setup(round)` enqueues jobs of type `J`; a worker pool
@@ -294,12 +302,8 @@ impl Race {
                     .errors
                     .push((round, format!("{failed} job runs failed")));
             }
-            report.rounds += 1;
-            if let Err(message) = check(round).await {
-                report.broken.push((round, message));
-                if self.stop_on_first_broken {
-                    break;
-                }
+            if !self.checked(&mut report, round, check(round).await) {
+                break;
             }
         }
         report

@@ -109,3 +109,17 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
+
+/// A small deterministic generator (xorshift64) for fault and crash
+/// schedules, so a run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}

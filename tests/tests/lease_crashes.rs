@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use commitq_tests::TestDb;
+use commitq_tests::{Rng, TestDb};
 
 const CONTENDERS: usize = 8;
 const RUN: Duration = Duration::from_secs(10);
@@ -39,18 +39,6 @@ fn spawn(url: &str, holder: usize, run_ms: u64) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn lease_contender")
-}
-
-/// A small deterministic generator (xorshift64), so a run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

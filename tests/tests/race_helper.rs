@@ -248,20 +248,33 @@ async fn credits_add_up(client: Client, round: usize) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn separate_read_and_write_lose_credits_and_one_transaction_does_not() {
     let (_db, client) = setup("t_race_sms").await;
-    let fill = |round: usize| {
+    // Each round's community, with CREDITS credits and, for the commitq
+    // side, eight jobs.
+    let fill = |jobs: usize| {
         let client = client.clone();
-        async move {
-            client
-                .pool()
-                .get()
-                .await
-                .unwrap()
-                .execute(
-                    "INSERT INTO public.accounts (id, credits) VALUES ($1, $2)",
-                    &[&(round as i64), &CREDITS],
-                )
-                .await
-                .unwrap();
+        move |round: usize| {
+            let client = client.clone();
+            async move {
+                client
+                    .pool()
+                    .get()
+                    .await
+                    .unwrap()
+                    .execute(
+                        "INSERT INTO public.accounts (id, credits) VALUES ($1, $2)",
+                        &[&(round as i64), &CREDITS],
+                    )
+                    .await
+                    .unwrap();
+                for _ in 0..jobs {
+                    client
+                        .enqueue(&SendSms {
+                            community: round as i64,
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
         }
     };
 
@@ -271,7 +284,7 @@ async fn separate_read_and_write_lose_credits_and_one_transaction_does_not() {
         .rounds(20)
         .stop_on_first_broken(true)
         .run(
-            fill,
+            fill(0),
             |run| async move {
                 let id = run.round as i64;
                 let conn = run.client.pool().get().await?;
@@ -302,35 +315,11 @@ async fn separate_read_and_write_lose_credits_and_one_transaction_does_not() {
     // commitq: lock the balance, send, deduct and complete in one
     // transaction. Eight jobs, five credits, every round.
     reset(&client, "TRUNCATE public.accounts, public.sms").await;
-    let fill = |round: usize| {
-        let client = client.clone();
-        async move {
-            client
-                .pool()
-                .get()
-                .await
-                .unwrap()
-                .execute(
-                    "INSERT INTO public.accounts (id, credits) VALUES ($1, $2)",
-                    &[&(round as i64), &CREDITS],
-                )
-                .await
-                .unwrap();
-            for _ in 0..8 {
-                client
-                    .enqueue(&SendSms {
-                        community: round as i64,
-                    })
-                    .await
-                    .unwrap();
-            }
-        }
-    };
     let locked = Race::new(client.clone())
         .workers(8)
         .rounds(10)
         .run_jobs(
-            fill,
+            fill(8),
             |ctx, job: SendSms| async move {
                 let mut conn = ctx.client().pool().get().await?;
                 let tx = conn.transaction().await?;
