@@ -502,8 +502,12 @@ impl Measure {
         match self {
             Measure::Enqueue => Some(Measure::RawInsert),
             Measure::EnqueueMany => Some(Measure::RawBulk),
-            Measure::CommitqDrain(..) | Measure::ClientDrain(_, Keys::None) => {
-                Some(Measure::RawDrain(10))
+            Measure::CommitqDrain(..) => Some(Measure::RawDrain(10)),
+            // The worker pool against commitq's own SQL-level drain by the
+            // same number of claimers (claim 10, complete_many): what the
+            // client adds or loses over calling the functions directly.
+            Measure::ClientDrain(_, Keys::None) => {
+                Some(Measure::CommitqDrain(10, Drain::ClaimThenComplete, false))
             }
             // Keyed drains against the same pool without keys.
             Measure::ClientDrain(n, _) => Some(Measure::ClientDrain(*n, Keys::None)),
@@ -624,7 +628,7 @@ async fn main() {
     }
 
     println!(
-        "\nPostgreSQL {version}, {} cores; median of {} interleaved rounds (min-max); ratios against the raw baseline of the same workload (keyed drains: against the same pool without keys).\n",
+        "\nPostgreSQL {version}, {} cores; median of {} interleaved rounds (min-max); ratios against the raw baseline of the same workload (the worker pool: against commitq claim 10 + complete_many; keyed drains: against the same pool without keys).\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.rounds
     );
