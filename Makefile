@@ -9,7 +9,7 @@ setup:
 demo: setup
 	demo/run.sh
 
-## Run every test layer: lint, #[pg_test], integration, isolation.
+## Run every test layer: lint, #[pg_test], integration, isolation, short fault injection.
 test: setup
 	dev/test.sh
 
