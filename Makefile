@@ -31,12 +31,14 @@ cluster-status:
 psql:
 	dev/cluster.sh psql -d commitq_demo
 
-## Measure commitq against raw SQL baselines on the project-local cluster (`make bench-quick` for a short run).
-bench: cluster-start
-	cargo run --release -p commitq-tests --bin bench
+## Measure commitq next to raw SQL and other PostgreSQL job queues (installed
+## from package registries) on the project-local cluster; writes results/ and
+## the README's performance tables. `make bench-quick` for a short run.
+bench: setup
+	tests/bench/run.sh
 
-bench-quick: cluster-start
-	cargo run --release -p commitq-tests --bin bench -- --quick
+bench-quick: setup
+	tests/bench/run.sh --quick
 
 ## The fault-injection suite: short mode (also part of `make test`), and the
 ## long one for a release (100,000 jobs, 50 kills, 3 crashes of PostgreSQL).
