@@ -159,6 +159,7 @@ pub struct WorkerPoolBuilder {
     maintain_interval: Option<Duration>,
     batch: usize,
     claimers: usize,
+    prefetch: usize,
     grace: Duration,
     metrics: Arc<Metrics>,
 }
@@ -237,6 +238,17 @@ impl WorkerPoolBuilder {
         self
     }
 
+    /// Jobs per queue that may be claimed ahead of free handlers and wait in
+    /// this process for one (default 0). With short jobs, handlers that
+    /// free up one by one make small claims; a local queue lets each claim
+    /// take a full batch. Waiting jobs are under lease like running ones
+    /// (heartbeated, so they are never rescued while they wait), and on
+    /// shutdown they are handed back at once, unstarted.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.min(100_000);
+        self
+    }
+
     /// On shutdown, how long running jobs may finish before they are
     /// cancelled and handed back (default 10 s).
     pub fn grace(mut self, grace: Duration) -> Self {
@@ -294,6 +306,7 @@ impl WorkerPool {
             maintain_interval: Some(Duration::from_secs(5)),
             batch: 10,
             claimers: 1,
+            prefetch: 0,
             grace: Duration::from_secs(10),
             metrics: Arc::new(Metrics::default()),
         }
@@ -331,7 +344,12 @@ impl WorkerPool {
             background.spawn(maintain(shared.clone(), every));
         }
         for (queue, concurrency) in &shared.cfg.queues {
-            let slots = Arc::new(Semaphore::new(*concurrency));
+            // A claimed job holds a claim slot until it ends, and a handler
+            // slot while it runs; the difference is the local queue.
+            let slots = Slots {
+                claim: Arc::new(Semaphore::new(*concurrency + shared.cfg.prefetch)),
+                run: Arc::new(Semaphore::new(*concurrency)),
+            };
             for _ in 0..shared.cfg.claimers {
                 background.spawn(claim_loop(
                     shared.clone(),
@@ -365,15 +383,24 @@ impl WorkerPool {
 /// ones it has. Only spent while handlers are busy, never when idle.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// Claim batches for one queue while there are free handler slots.
+/// A queue's slots: jobs claimed and not ended (handlers plus prefetch),
+/// and jobs running.
+#[derive(Clone)]
+struct Slots {
+    claim: Arc<Semaphore>,
+    run: Arc<Semaphore>,
+}
+
+/// Claim batches for one queue while there are free claim slots.
 async fn claim_loop(
     shared: Arc<Shared>,
     queue: String,
-    slots: Arc<Semaphore>,
+    all: Slots,
     wake: Arc<Notify>,
     jobs: TaskTracker,
 ) {
     let cfg = &shared.cfg;
+    let slots = &all.claim;
     loop {
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -412,7 +439,7 @@ async fn claim_loop(
         }
         cfg.metrics.add_claimed(claimed.len() as u64);
         for (job, permit) in claimed.into_iter().zip(permits) {
-            jobs.spawn(run_job(shared.clone(), job, permit));
+            jobs.spawn(run_job(shared.clone(), job, permit, all.run.clone()));
         }
     }
 }
@@ -454,13 +481,51 @@ async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Cla
         .collect())
 }
 
-/// Run one job's handler under heartbeats, then report how it went.
-async fn run_job(shared: Arc<Shared>, job: Claimed, _slot: OwnedSemaphorePermit) {
+/// Wait for a handler slot, run the job's handler under heartbeats, then
+/// report how it went.
+async fn run_job(
+    shared: Arc<Shared>,
+    job: Claimed,
+    _claimed: OwnedSemaphorePermit,
+    run_slots: Arc<Semaphore>,
+) {
     let cfg = &shared.cfg;
     let span = info_span!("job", queue = %job.queue, kind = %job.kind, id = job.job_id, attempt = job.attempt);
     async {
-        cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
         let cancel = shared.hard_stop.child_token();
+        let lost = Arc::new(AtomicBool::new(false));
+        // From the claim on, also while the job waits for a handler slot.
+        let heartbeat = tokio::spawn(heartbeat(
+            cfg.client.clone(),
+            job.job_id,
+            job.lease_token,
+            cfg.lease,
+            cancel.clone(),
+            lost.clone(),
+        ));
+        // Without prefetch a slot is always free here. A job still waiting
+        // when the pool stops is handed back unstarted; one whose lease was
+        // lost meanwhile belongs to someone else now.
+        let _running = tokio::select! {
+            biased;
+            p = run_slots.acquire_owned() => p.expect("semaphore never closed"),
+            _ = shared.stopping.cancelled() => {
+                heartbeat.abort();
+                hand_back(cfg, &job).await;
+                return;
+            }
+            _ = cancel.cancelled() => {
+                heartbeat.abort();
+                if lost.load(Ordering::SeqCst) {
+                    cfg.metrics.add_lost_lease();
+                    warn!("lease lost while waiting for a handler; the job will run again elsewhere");
+                } else {
+                    hand_back(cfg, &job).await;
+                }
+                return;
+            }
+        };
+        cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
         let ctx = JobContext {
             job_id: job.job_id,
             lease_token: job.lease_token,
@@ -476,15 +541,6 @@ async fn run_job(shared: Arc<Shared>, job: Claimed, _slot: OwnedSemaphorePermit)
             report_failure(cfg, &job, &error, false).await;
             return;
         };
-        let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat(
-            cfg.client.clone(),
-            job.job_id,
-            job.lease_token,
-            cfg.lease,
-            cancel.clone(),
-            lost.clone(),
-        ));
 
         // The handler runs in its own task so that a panic is caught here.
         let mut task = tokio::spawn(handler(ctx.clone(), job.args.clone()));

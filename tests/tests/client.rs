@@ -349,6 +349,103 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutdown() {
+    let (_db, client) = setup("t_client_prefetch").await;
+    let jobs: Vec<Record> = (1..=40)
+        .map(|n| Record {
+            n,
+            label: "slow".into(),
+        })
+        .collect();
+    client.enqueue_many(&jobs).await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .prefetch(10)
+        .batch(12)
+        // A lease shorter than the local wait: only heartbeats keep the
+        // waiting jobs from being rescued by maintain.
+        .lease(Duration::from_secs(1))
+        .maintain_interval(Some(Duration::from_millis(100)))
+        .grace(Duration::from_secs(5))
+        .handle(move |ctx, job: Record| {
+            let (r, m) = (r.clone(), m.clone());
+            async move {
+                m.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let conn = ctx.client().pool().get().await?;
+                conn.execute(
+                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, 'done', $2)",
+                    &[&job.n, &ctx.attempt],
+                )
+                .await?;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let (stop, handle) = start(pool);
+    // Two run at a time; the claim took handlers plus prefetch.
+    wait_until(
+        "a full claim with prefetched jobs",
+        Duration::from_secs(20),
+        async || {
+            count(
+                &client,
+                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+            )
+            .await
+                == 12
+        },
+    )
+    .await;
+    // Past the lease: the waiting jobs were heartbeated, none rescued.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "never more handlers than the concurrency"
+    );
+    let done = count(&client, "SELECT count(*) FROM public.effects").await;
+    assert!(
+        done >= 4,
+        "handlers kept running while others waited: {done}"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM public.effects WHERE attempt <> 1"
+        )
+        .await,
+        0,
+        "no job ran twice or after a rescue"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'"
+        )
+        .await,
+        0,
+        "the waiting jobs were handed back"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM commitq.jobs WHERE attempt = 0"
+        )
+        .await
+            + done,
+        40,
+        "every job not run is back with its attempt unspent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_reconnects_after_its_connection_is_killed() {
     let (db, client) = setup("t_client_listener").await;
     // Polling so rare that only a NOTIFY can wake the pool in time.

@@ -78,6 +78,9 @@ pub fn peers_dir() -> PathBuf {
     project_dir().join("target/bench-peers")
 }
 
+/// The worker pool's local queue in the drains that use one.
+const PREFETCH: usize = 100;
+
 /// What each workload measures, in the order of the report.
 fn plan() -> Vec<(Workload, Vec<System>)> {
     let externals = || {
@@ -86,7 +89,13 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
             .map(System::External)
     };
     let raw_claim = |batch, finish| System::Raw(Raw::Claim { batch, finish });
-    let pool = |keys| System::Commitq(Commitq::Pool { handlers: 16, keys });
+    let pool = |prefetch, keys| {
+        System::Commitq(Commitq::Pool {
+            handlers: 16,
+            prefetch,
+            keys,
+        })
+    };
     let enqueuers = || {
         [
             System::Raw(Raw::Insert),
@@ -110,7 +119,8 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
                 raw_claim(100, Finish::Update),
                 sql_drain(Drain::ClaimThenComplete),
                 sql_drain(Drain::CompleteAndClaim),
-                pool(Keys::None),
+                pool(0, Keys::None),
+                pool(PREFETCH, Keys::None),
                 System::Pgmq,
                 System::Pgq,
             ]
@@ -121,7 +131,7 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         (Workload::Single, enqueuers()),
         (
             Workload::Latency,
-            [pool(Keys::None), System::Pgmq]
+            [pool(0, Keys::None), System::Pgmq]
                 .into_iter()
                 .chain(externals())
                 .collect(),
@@ -131,7 +141,7 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
             [
                 raw_claim(100, Finish::Delete),
                 sql_drain(Drain::CompleteAndClaim),
-                pool(Keys::None),
+                pool(PREFETCH, Keys::None),
                 System::Pgmq,
                 System::Pgq,
             ]
@@ -141,7 +151,10 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         ),
         (
             Workload::KeyedDrain,
-            vec![pool(Keys::Concurrency(200)), pool(Keys::Idempotency)],
+            vec![
+                pool(PREFETCH, Keys::Concurrency(200)),
+                pool(PREFETCH, Keys::Idempotency),
+            ],
         ),
     ]
 }

@@ -241,8 +241,11 @@ impl Report {
         if self.rows_of(w).next().is_none() {
             return;
         }
-        let plain_name = "commitq crate WorkerPool, 16 handlers";
-        let plain = self.rate_of(Workload::Drain, plain_name);
+        let plain_name = format!(
+            "commitq crate WorkerPool, 16 handlers, prefetch {}",
+            crate::PREFETCH
+        );
+        let plain = self.rate_of(Workload::Drain, &plain_name);
         let _ = writeln!(
             out,
             "\n**{}**\n\n| system | jobs/s | min-max | vs the same pool without keys |\n|---|---:|---:|---:|",

@@ -72,7 +72,9 @@ def worker(conn: asyncpg.Connection, s: Settings, handle: Any) -> QueueManager:
 
     The limit is enforced in the dequeue query (picked jobs of the entrypoint,
     until their completion is logged), and batch_size = the limit lets one
-    dequeue fill every free handler at once.
+    dequeue fill every free handler at once. The alternatives, a per-worker
+    max_concurrent_tasks (which needs batch_size <= half of it) or an
+    AsyncpgPoolDriver, both drained slower in our measurements.
     """
     qm = QueueManager(Queries(AsyncpgDriver(conn)))
     qm.entrypoint(ENTRYPOINT, concurrency_limit=s.concurrency)(handle)

@@ -38,8 +38,13 @@ pub enum Commitq {
     Functions,
     /// Claimers calling the SQL functions directly, `batch` jobs a claim.
     Sql { batch: i32, how: Drain },
-    /// The crate's `WorkerPool` with no-op handlers.
-    Pool { handlers: usize, keys: Keys },
+    /// The crate's `WorkerPool` with no-op handlers, claiming up to
+    /// `prefetch` jobs ahead of free handlers.
+    Pool {
+        handlers: usize,
+        prefetch: usize,
+        keys: Keys,
+    },
 }
 
 pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
@@ -107,8 +112,16 @@ impl Commitq {
                 Drain::ClaimThenComplete => format!("commitq SQL: claim {batch} + complete_many"),
                 Drain::CompleteAndClaim => format!("commitq SQL: complete_and_claim {batch}"),
             },
-            Commitq::Pool { handlers, keys } => format!(
-                "commitq crate WorkerPool, {handlers} handlers{}",
+            Commitq::Pool {
+                handlers,
+                prefetch,
+                keys,
+            } => format!(
+                "commitq crate WorkerPool, {handlers} handlers{}{}",
+                match prefetch {
+                    0 => String::new(),
+                    n => format!(", prefetch {n}"),
+                },
                 match keys {
                     Keys::None => String::new(),
                     Keys::Concurrency(k) => format!(", {k} concurrency keys"),
@@ -150,9 +163,18 @@ impl Commitq {
                     .await
                     .map(Sample::rate)
             }
-            (Workload::Drain | Workload::KeyedDrain, Commitq::Pool { handlers, keys }) => {
+            (
+                Workload::Drain | Workload::KeyedDrain,
+                Commitq::Pool {
+                    handlers,
+                    prefetch,
+                    keys,
+                },
+            ) => {
                 fill(&c, load.jobs, keys).await?;
-                pool_drain(&url, load, handlers).await.map(Sample::rate)
+                pool_drain(&url, load, handlers, prefetch)
+                    .await
+                    .map(Sample::rate)
             }
             (Workload::Latency, Commitq::Pool { handlers, .. }) => {
                 latency(&url, load, handlers).await
@@ -240,16 +262,21 @@ impl commitq::Job for Noop {
 }
 
 /// Drain the queue with the worker pool and no-op handlers.
-async fn pool_drain(url: &str, load: &Load, handlers: usize) -> Outcome<f64> {
+async fn pool_drain(url: &str, load: &Load, handlers: usize, prefetch: usize) -> Outcome<f64> {
     let client = commitq::Client::connect(url)
         .await
         .map_err(why("commitq client"))?;
-    // One claim loop per 16 handlers, each claiming for its share.
-    let claimers = (handlers / 16).max(1);
+    // Without prefetch, one claim loop per 16 handlers, each claiming for
+    // its share; with it, two loops each claiming up to the prefetch.
+    let (claimers, batch) = match prefetch {
+        0 => ((handlers / 16).max(1), handlers / (handlers / 16).max(1)),
+        n => (2, n),
+    };
     let pool = commitq::WorkerPool::builder(client)
         .queue("bench", handlers)
         .claimers(claimers)
-        .batch(handlers / claimers)
+        .batch(batch)
+        .prefetch(prefetch)
         .poll_interval(Duration::from_millis(20))
         .handle(|_ctx, _job: Noop| async { Ok(commitq::Outcome::Complete) })
         .build();
