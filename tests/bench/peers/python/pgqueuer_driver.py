@@ -32,12 +32,14 @@ PAYLOAD = common.JOB_ARGS_JSON.encode()
 TABLES = ("pgqueuer", "pgqueuer_log", "pgqueuer_statistics")
 
 
-def config(s: Settings) -> str:
+def config() -> str:
+    # In terms of BENCH_CONCURRENCY, not its value: setup runs with settings
+    # of its own, not those of the workloads.
     return (
         f"asyncpg AsyncpgDriver, one connection each; durability=durable (default); "
         f"bulk Queries.enqueue lists of {common.BULK_CHUNK}; "
-        f"worker QueueManager.run(batch_size={s.concurrency}) on uvloop, "
-        f"entrypoint concurrency_limit={s.concurrency}, defaults otherwise "
+        f"worker QueueManager on uvloop, run(batch_size=BENCH_CONCURRENCY), "
+        f"entrypoint concurrency_limit=BENCH_CONCURRENCY, defaults otherwise "
         f"(dequeue_timeout=30s fallback to NOTIFY, heartbeat 30s)"
     )
 
@@ -97,7 +99,7 @@ async def setup(s: Settings, deadline: Deadline) -> dict[str, Any]:
             await queries.install()
     finally:
         await conn.close()
-    return {"system": "pgqueuer", "version": pgqueuer.__version__, "config": config(s)}
+    return {"system": "pgqueuer", "version": pgqueuer.__version__, "config": config()}
 
 
 async def bulk(s: Settings, deadline: Deadline) -> dict[str, Any]:

@@ -54,11 +54,13 @@ def worker_options(s: Settings) -> dict[str, Any]:
     }
 
 
-def config(s: Settings) -> str:
+def config() -> str:
+    # In terms of BENCH_CONCURRENCY, not its value: setup runs with settings
+    # of its own, not those of the workloads.
     return (
-        f"psycopg 3 PsycopgConnector, pool min=max={pool_size(s)} "
+        f"psycopg 3 PsycopgConnector, pool min=max=BENCH_CONCURRENCY+2 "
         f"(single: BENCH_CLIENTS); bulk batch_defer_async of {common.BULK_CHUNK}; "
-        f"worker run_worker_async(concurrency={s.concurrency}, delete_jobs=always, "
+        f"worker run_worker_async(concurrency=BENCH_CONCURRENCY, delete_jobs=always, "
         f"listen_notify=True, wait=False to drain), asyncio loop"
     )
 
@@ -122,7 +124,7 @@ async def setup(s: Settings, deadline: Deadline) -> dict[str, Any]:
                 await app.schema_manager.apply_schema_async()
         finally:
             await conn.close()
-    return {"system": "procrastinate", "version": procrastinate.__version__, "config": config(s)}
+    return {"system": "procrastinate", "version": procrastinate.__version__, "config": config()}
 
 
 async def bulk(s: Settings, deadline: Deadline) -> dict[str, Any]:
