@@ -125,6 +125,23 @@ BEGIN
 END
 $$;
 
+-- A worker that stops claiming from a queue says so, so that enqueues stop
+-- sending it NOTIFYs at once instead of until maintain() prunes its entry
+-- (a notifying transaction commits alone: see waiting_workers).
+CREATE FUNCTION commitq.stop_waiting(queue text, worker text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM commitq._check(coalesce(commitq._queue_problem(stop_waiting.queue), CASE
+        WHEN stop_waiting.worker IS NULL THEN 'worker must not be NULL' END));
+    DELETE FROM commitq.waiting_workers w
+     WHERE w.queue = stop_waiting.queue AND w.worker = stop_waiting.worker;
+END
+$$;
+
 -- A worker's loop in one call and one transaction: complete the jobs it has
 -- finished, then claim the next batch. Halves the commits of a busy worker.
 -- Completions whose lease was lost are skipped with a WARNING (their jobs

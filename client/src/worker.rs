@@ -365,6 +365,10 @@ impl WorkerPool {
         shared.stopping.cancel();
         background.close();
         background.wait().await;
+        // No claim runs any more: enqueues need not wake this pool.
+        for (queue, _) in &shared.cfg.queues {
+            stop_waiting(&shared.cfg, queue).await;
+        }
         jobs.close();
         if tokio::time::timeout(shared.cfg.grace, jobs.wait())
             .await
@@ -441,6 +445,23 @@ async fn claim_loop(
         for (job, permit) in claimed.into_iter().zip(permits) {
             jobs.spawn(run_job(shared.clone(), job, permit, all.run.clone()));
         }
+    }
+}
+
+async fn stop_waiting(cfg: &WorkerPoolBuilder, queue: &str) {
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        conn.execute(
+            "SELECT commitq.stop_waiting($1, $2)",
+            &[&queue, &cfg.worker_id],
+        )
+        .await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        // maintain() prunes the entry within minutes.
+        warn!(queue = %queue, error = %e, "could not stop waiting");
     }
 }
 

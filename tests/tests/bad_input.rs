@@ -24,6 +24,7 @@ type Call = (
 );
 
 const CALLS: &[Call] = &[
+    ("stop_waiting", &[("'q'", "text"), ("'w'", "text")], &[]),
     (
         "enqueue",
         &[

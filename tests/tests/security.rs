@@ -43,6 +43,11 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         "SELECT * FROM commitq.complete_and_claim('{}', '{}', 'q', 'w', 1, '1 minute')",
     ),
     (
+        "stop_waiting",
+        &["worker"],
+        "SELECT commitq.stop_waiting('q', 'w')",
+    ),
+    (
         "fail",
         &["worker"],
         "SELECT * FROM commitq.fail(1, 1, 'boom')",

@@ -714,6 +714,30 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
         timeout(quiet, notes.recv()).await.is_err(),
         "notified a busy worker"
     );
+
+    // Waiting again (the job just enqueued taken, then none), then stopping:
+    // a stopped worker is not woken.
+    worker
+        .batch_execute("SELECT commitq.claim('mail', 'w1', 10)")
+        .await
+        .unwrap();
+    assert!(worker
+        .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
+        .await
+        .unwrap()
+        .is_empty());
+    worker
+        .batch_execute("SELECT commitq.stop_waiting('mail', 'w1')")
+        .await
+        .unwrap();
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "notified a worker that stopped waiting"
+    );
 }
 
 /// enqueue_many returns one row per job, in input order, ids increasing.
