@@ -15,11 +15,14 @@ mkdir -p "$out"
 say() { printf '\033[1m[peers]\033[0m %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_packages=(postgresql-15-pgq3 fonts-dejavu-core nodejs npm)
+apt_packages=(postgresql-15-pgq3 fonts-dejavu-core nodejs npm python3-venv)
 missing=()
 for p in "${apt_packages[@]}"; do
-    # The machine's own Node.js (not Debian's) counts as installed.
-    case $p in nodejs|npm) command -v "${p/nodejs/node}" >/dev/null && continue ;; esac
+    # A Node.js or Python of the machine's own (not Debian's) counts as installed.
+    case $p in
+        nodejs|npm) command -v "${p/nodejs/node}" >/dev/null && continue ;;
+        python3-venv) python3 -c 'import ensurepip, venv' 2>/dev/null && continue ;;
+    esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

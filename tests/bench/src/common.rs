@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use commitq_tests::connect;
 use tokio_postgres::{Client, Statement};
 
+use crate::systems::Workload;
+
 /// The ~40-byte args of every benchmark job.
 pub const ARGS_40_BYTES: &str = r#"{"user_id": 123456, "template": "welcome"}"#;
 
@@ -113,6 +115,28 @@ pub async fn run_each(c: &Client, sqls: &[&str]) -> Outcome<()> {
     Ok(())
 }
 
+/// The two enqueue workloads of an SQL-driven system: `bulk_sql` inserts the
+/// jobs whose args are the array `$1` and returns how many; `single_sql`
+/// enqueues one job with the benchmark's args (`{args}` stands for them).
+pub async fn enqueue_rate(
+    w: Workload,
+    c: &Client,
+    url: &str,
+    load: &Load,
+    bulk_sql: &str,
+    single_sql: &str,
+) -> Outcome<Sample> {
+    let rate = match w {
+        Workload::Bulk => bulk_rate(c, bulk_sql, load.jobs).await,
+        Workload::Single => {
+            let sql = single_sql.replace("{args}", ARGS_40_BYTES);
+            single_statement_rate(url, &sql, load.clients, load.seconds).await
+        }
+        other => Err(format!("{other:?} is not an enqueue workload")),
+    };
+    rate.map(Sample::rate)
+}
+
 /// `clients` connections each run `sql` in its own transaction for `secs`;
 /// statements per second.
 pub async fn single_statement_rate(
@@ -210,6 +234,26 @@ where
         ));
     }
     Ok(drained as f64 / elapsed)
+}
+
+/// A drain step of two statements, as queues that keep rows take them: the
+/// first claims up to `batch` jobs and returns their ids, the second
+/// finishes those ids (`$1`, an array) in a transaction of its own.
+pub async fn claim_then_finish<P: tokio_postgres::types::ToSql + Sync>(
+    c: &Client,
+    statements: &[Statement],
+    batch: P,
+) -> Result<usize, tokio_postgres::Error> {
+    let ids: Vec<i64> = c
+        .query(&statements[0], &[&batch])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !ids.is_empty() {
+        c.execute(&statements[1], &[&ids]).await?;
+    }
+    Ok(ids.len())
 }
 
 /// Steady producers for a latency run: four connections share `rate` jobs

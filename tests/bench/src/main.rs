@@ -51,10 +51,15 @@ struct Args {
     /// Small and fast: 20,000 jobs, 3 seconds, one round; the README is left alone.
     #[arg(long)]
     quick: bool,
-    /// Measure only the systems whose family or name contains this text
-    /// (e.g. `--only pgmq`); the README is left alone.
+    /// Measure only the systems whose family or name contains one of these
+    /// comma-separated texts (e.g. `--only raw,pgmq`); the README is left alone.
     #[arg(long)]
     only: Option<String>,
+    /// Print the RSS of a worker pool with 100 busy handlers, measured in
+    /// this process, and exit (the full run starts itself with it, so that
+    /// the figure is of a fresh process).
+    #[arg(long, hide = true)]
+    memory_probe: bool,
     /// Do not copy the report into the README.
     #[arg(long)]
     no_readme: bool,
@@ -152,6 +157,8 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         (
             Workload::KeyedDrain,
             vec![
+                pool(0, Keys::Concurrency(200)),
+                pool(0, Keys::Idempotency),
                 pool(PREFETCH, Keys::Concurrency(200)),
                 pool(PREFETCH, Keys::Idempotency),
             ],
@@ -188,6 +195,24 @@ async fn measure(system: &System, w: Workload, cluster: &Cluster, load: &Load) -
     Ok(sample)
 }
 
+/// The worker pool's memory, measured by a fresh copy of this program: this
+/// process has grown through the other workloads.
+async fn memory_in_fresh_process(args: &Args) -> Outcome<f64> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = tokio::process::Command::new(exe)
+        .args(["--memory-probe", "--port", &args.port.to_string()])
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().map_err(|_| {
+        format!(
+            "memory probe: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = Args::parse();
@@ -209,11 +234,24 @@ async fn main() {
         port: args.port,
         user: "postgres".into(),
     };
+    if args.memory_probe {
+        let db = System::Commitq(Commitq::Functions).database();
+        match systems::commitq::memory_at(&cluster, &db, 100).await {
+            Ok(mib) => println!("{mib:.1}"),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
 
     let wanted = |s: &System| {
-        args.only.as_ref().is_none_or(|o| {
-            let o = o.to_lowercase();
-            s.family().to_lowercase().contains(&o) || s.name().to_lowercase().contains(&o)
+        args.only.as_ref().is_none_or(|only| {
+            only.split(',').any(|o| {
+                let o = o.trim().to_lowercase();
+                s.family().to_lowercase().contains(&o) || s.name().to_lowercase().contains(&o)
+            })
         })
     };
     let plan: Vec<(Workload, Vec<System>)> = plan()
@@ -278,8 +316,7 @@ async fn main() {
     bar.finish_and_clear();
 
     let memory = if wanted(&System::Commitq(Commitq::Functions)) {
-        let db = System::Commitq(Commitq::Functions).database();
-        Some(systems::commitq::memory_at(&cluster, &db, 100).await)
+        Some(memory_in_fresh_process(&args).await)
     } else {
         None
     };

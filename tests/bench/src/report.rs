@@ -241,23 +241,22 @@ impl Report {
         if self.rows_of(w).next().is_none() {
             return;
         }
-        let plain_name = format!(
-            "commitq crate WorkerPool, 16 handlers, prefetch {}",
-            crate::PREFETCH
-        );
-        let plain = self.rate_of(Workload::Drain, &plain_name);
         let _ = writeln!(
             out,
             "\n**{}**\n\n| system | jobs/s | min-max | vs the same pool without keys |\n|---|---:|---:|---:|",
             w.title(&self.load)
         );
         for r in self.rows_of(w) {
+            // The same pool (handlers, prefetch) without keys, in the drain.
+            let name = r.system.name();
+            let plain = [", 200 concurrency keys", ", idempotency key on every job"]
+                .iter()
+                .fold(name.as_str(), |n, suffix| n.trim_end_matches(suffix));
             let mut line = format!(
-                "| {} | {} | {} | {} |",
-                r.system.name(),
+                "| {name} | {} | {} | {} |",
                 r.rate().map_or("-".into(), thousands),
                 r.range(|s| s.rate),
-                ratio(r.rate(), plain)
+                ratio(r.rate(), self.rate_of(Workload::Drain, plain))
             );
             if let Some(f) = r.failures() {
                 let _ = write!(line, " {f} |");

@@ -71,8 +71,10 @@ async fn reset(c: &Client) -> Outcome<()> {
     common::run_each(
         c,
         &[
+            // waiting_workers too: a worker left registered as waiting makes
+            // every enqueue of its queue send a NOTIFY.
             "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys,
-                      commitq.concurrency_keys",
+                      commitq.concurrency_keys, commitq.waiting_workers",
             "UPDATE commitq.config SET keep_completed = false",
             "VACUUM ANALYZE commitq.jobs",
         ],
@@ -142,20 +144,11 @@ impl Commitq {
         let c = connect(&url).await;
         reset(&c).await?;
         match (w, *self) {
-            (Workload::Bulk, Commitq::Functions) => {
-                let sql = "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', $1::jsonb[])";
-                common::bulk_rate(&c, sql, load.jobs)
-                    .await
-                    .map(Sample::rate)
-            }
-            (Workload::Single, Commitq::Functions) => {
-                let sql = format!(
-                    "SELECT commitq.enqueue('bench', 'noop', '{}')",
-                    common::ARGS_40_BYTES
-                );
-                common::single_statement_rate(&url, &sql, load.clients, load.seconds)
-                    .await
-                    .map(Sample::rate)
+            (Workload::Bulk | Workload::Single, Commitq::Functions) => {
+                let bulk =
+                    "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', $1::jsonb[])";
+                let single = "SELECT commitq.enqueue('bench', 'noop', '{args}')";
+                common::enqueue_rate(w, &c, &url, load, bulk, single).await
             }
             (Workload::Drain, Commitq::Sql { batch, how }) => {
                 fill(&c, load.jobs, Keys::None).await?;
@@ -235,6 +228,16 @@ async fn sql_drain(c: &Client, url: &str, load: &Load, batch: i32, how: Drain) -
         },
     )
     .await?;
+    // Each claimer's last claim found nothing and registered it as waiting:
+    // as a stopping worker does, it says it stops.
+    for i in 0..load.concurrency {
+        c.execute(
+            "SELECT commitq.stop_waiting('bench', $1)",
+            &[&format!("bench-{i}")],
+        )
+        .await
+        .map_err(why("stop_waiting"))?;
+    }
     // A complete_and_claim worker stops on the call that completed its last
     // batch and found nothing more: the queue must be empty.
     let left: i64 = c

@@ -48,17 +48,10 @@ pub async fn run(w: Workload, cluster: &Cluster, db: &str, load: &Load) -> Outco
     let c = connect(&url).await;
     reset(&c).await?;
     match w {
-        Workload::Bulk => {
-            let sql = "SELECT count(*) FROM pgmq.send_batch('bench', $1::jsonb[])";
-            common::bulk_rate(&c, sql, load.jobs)
-                .await
-                .map(Sample::rate)
-        }
-        Workload::Single => {
-            let sql = format!("SELECT pgmq.send('bench', '{}')", common::ARGS_40_BYTES);
-            common::single_statement_rate(&url, &sql, load.clients, load.seconds)
-                .await
-                .map(Sample::rate)
+        Workload::Bulk | Workload::Single => {
+            let bulk = "SELECT count(*) FROM pgmq.send_batch('bench', $1::jsonb[])";
+            let single = "SELECT pgmq.send('bench', '{args}')";
+            common::enqueue_rate(w, &c, &url, load, bulk, single).await
         }
         Workload::Drain => {
             c.execute(
@@ -82,18 +75,7 @@ pub async fn run(w: Workload, cluster: &Cluster, db: &str, load: &Load) -> Outco
                 load.jobs,
                 load.timeout,
                 &sqls,
-                |c, s, _| async move {
-                    let ids: Vec<i64> = c
-                        .query(&s[0], &[&READ_BATCH])
-                        .await?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    if !ids.is_empty() {
-                        c.execute(&s[1], &[&ids]).await?;
-                    }
-                    Ok(ids.len())
-                },
+                |c, s, _| async move { common::claim_then_finish(&c, &s, READ_BATCH).await },
             )
             .await
             .map(Sample::rate)

@@ -47,20 +47,10 @@ pub async fn run(w: Workload, cluster: &Cluster, db: &str, load: &Load) -> Outco
     let c = connect(&url).await;
     reset(&c).await?;
     match w {
-        Workload::Bulk => {
-            let sql = "SELECT count(pgq.insert_event('bench', 'noop', a::text)) FROM unnest($1::jsonb[]) a";
-            common::bulk_rate(&c, sql, load.jobs)
-                .await
-                .map(Sample::rate)
-        }
-        Workload::Single => {
-            let sql = format!(
-                "SELECT pgq.insert_event('bench', 'noop', '{}')",
-                common::ARGS_40_BYTES
-            );
-            common::single_statement_rate(&url, &sql, load.clients, load.seconds)
-                .await
-                .map(Sample::rate)
+        Workload::Bulk | Workload::Single => {
+            let bulk = "SELECT count(pgq.insert_event('bench', 'noop', a::text)) FROM unnest($1::jsonb[]) a";
+            let single = "SELECT pgq.insert_event('bench', 'noop', '{args}')";
+            common::enqueue_rate(w, &c, &url, load, bulk, single).await
         }
         Workload::Drain => drain(&c, load).await.map(Sample::rate),
         other => Err(format!("{other:?} is not measured for PgQ")),

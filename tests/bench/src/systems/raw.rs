@@ -79,23 +79,14 @@ impl Raw {
         let c = connect(&url).await;
         reset(&c).await?;
         match (w, *self) {
-            (Workload::Bulk, Raw::Insert) => {
-                let sql = "WITH i AS (INSERT INTO raw_jobs (queue, kind, args)
-                                      SELECT 'bench', 'noop', a FROM unnest($1::jsonb[]) a
-                                      RETURNING 1)
-                           SELECT count(*) FROM i";
-                common::bulk_rate(&c, sql, load.jobs)
-                    .await
-                    .map(Sample::rate)
-            }
-            (Workload::Single, Raw::Insert) => {
-                let sql = format!(
-                    "INSERT INTO raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{}')",
-                    common::ARGS_40_BYTES
-                );
-                common::single_statement_rate(&url, &sql, load.clients, load.seconds)
-                    .await
-                    .map(Sample::rate)
+            (Workload::Bulk | Workload::Single, Raw::Insert) => {
+                let bulk = "WITH i AS (INSERT INTO raw_jobs (queue, kind, args)
+                                       SELECT 'bench', 'noop', a FROM unnest($1::jsonb[]) a
+                                       RETURNING 1)
+                            SELECT count(*) FROM i";
+                let single =
+                    "INSERT INTO raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{args}')";
+                common::enqueue_rate(w, &c, &url, load, bulk, single).await
             }
             (Workload::Drain, Raw::Claim { batch, finish }) => {
                 drain(&c, &url, load, batch, finish).await.map(Sample::rate)
@@ -150,18 +141,7 @@ async fn drain(
                 load.jobs,
                 load.timeout,
                 &[&take, done],
-                move |c, s, _| async move {
-                    let ids: Vec<i64> = c
-                        .query(&s[0], &[&batch])
-                        .await?
-                        .iter()
-                        .map(|r| r.get(0))
-                        .collect();
-                    if !ids.is_empty() {
-                        c.execute(&s[1], &[&ids]).await?;
-                    }
-                    Ok(ids.len())
-                },
+                move |c, s, _| async move { common::claim_then_finish(&c, &s, batch).await },
             )
             .await
         }
