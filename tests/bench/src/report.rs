@@ -434,14 +434,15 @@ impl Report {
             })
             .collect();
         // One bar far beyond the rest (PgQ's batch drain) would flatten them
-        // all: the scale then stops above the second, and that bar is cut.
+        // all: in a panel of four or more, the scale then stops above the
+        // second, and that bar is cut.
         let mut tops: Vec<f64> = values
             .iter()
             .map(|(a, b)| b.unwrap_or(*a).max(*a))
             .collect();
         tops.sort_by(|a, b| b.total_cmp(a));
         let top = match tops.as_slice() {
-            [first, second, ..] if *first > 3.0 * second && *second > 0.0 => second * 1.25,
+            [first, second, _, _, ..] if *first > 3.0 * second && *second > 0.0 => second * 1.25,
             [first, ..] => *first,
             [] => 0.0,
         }
