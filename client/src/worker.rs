@@ -448,18 +448,19 @@ async fn claim_loop(
     }
 }
 
+/// Run one statement on a connection of the pool.
+async fn execute(
+    cfg: &WorkerPoolBuilder,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, Error> {
+    let conn = cfg.client.pool().get().await?;
+    Ok(conn.execute(sql, params).await?)
+}
+
 async fn stop_waiting(cfg: &WorkerPoolBuilder, queue: &str) {
-    let result = async {
-        let conn = cfg.client.pool().get().await?;
-        conn.execute(
-            "SELECT commitq.stop_waiting($1, $2)",
-            &[&queue, &cfg.worker_id],
-        )
-        .await?;
-        Ok::<(), Error>(())
-    }
-    .await;
-    if let Err(e) = result {
+    let sql = "SELECT commitq.stop_waiting($1, $2)";
+    if let Err(e) = execute(cfg, sql, &[&queue, &cfg.worker_id]).await {
         // maintain() prunes the entry within minutes.
         warn!(queue = %queue, error = %e, "could not stop waiting");
     }
@@ -690,18 +691,15 @@ async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, dis
 }
 
 async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
-    let result = async {
-        let conn = cfg.client.pool().get().await?;
-        conn.execute(
-            "SELECT commitq.snooze($1, $2, make_interval(secs => $3))",
-            &[&job.job_id, &job.lease_token, &delay.as_secs_f64()],
-        )
-        .await?;
-        Ok::<(), Error>(())
-    }
+    let sql = "SELECT commitq.snooze($1, $2, make_interval(secs => $3))";
+    let result = execute(
+        cfg,
+        sql,
+        &[&job.job_id, &job.lease_token, &delay.as_secs_f64()],
+    )
     .await;
     match result {
-        Ok(()) => cfg.metrics.add_snoozed(),
+        Ok(_) => cfg.metrics.add_snoozed(),
         Err(e) => warn!(error = %e, "could not snooze"),
     }
 }
