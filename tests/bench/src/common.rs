@@ -68,6 +68,9 @@ pub struct Load {
     pub concurrency: usize,
     pub rate: u64,
     pub timeout: Duration,
+    /// A drain by an external driver still running after this long is
+    /// stopped and measured by what it finished (`Sample::finished`).
+    pub drain_seconds: u64,
 }
 
 /// One measurement of one system: a rate, or latency percentiles.
@@ -81,6 +84,9 @@ pub struct Sample {
     pub max: f64,
     /// Bytes of the system's relations after a drain.
     pub bytes: Option<i64>,
+    /// Jobs a drain had finished when it was stopped at `Load::drain_seconds`
+    /// (None: it finished every job).
+    pub finished: Option<u64>,
 }
 
 impl Sample {

@@ -48,6 +48,11 @@ struct Args {
     /// Seconds after which one measurement is given up.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Seconds after which an external driver's drain is stopped and its
+    /// rate taken from the jobs it finished (the slowest queues need many
+    /// minutes for 100,000 jobs, far more with vacuum blocked).
+    #[arg(long, default_value_t = 120)]
+    drain_seconds: u64,
     /// Small and fast: 20,000 jobs, 3 seconds, one round; the README is left alone.
     #[arg(long)]
     quick: bool,
@@ -228,6 +233,7 @@ async fn main() {
         concurrency: args.concurrency,
         rate: args.rate,
         timeout: Duration::from_secs(args.timeout),
+        drain_seconds: args.drain_seconds,
     };
     let cluster = Cluster {
         host: "127.0.0.1".into(),

@@ -69,6 +69,34 @@ impl Row {
         }
     }
 
+    /// Rounds whose drain was stopped at `Load::drain_seconds`: the rate is
+    /// of the jobs they finished, said beside the figure.
+    fn stopped(&self, load: &Load) -> Option<String> {
+        let finished: Vec<f64> = self
+            .ok()
+            .iter()
+            .filter_map(|s| s.finished.map(|n| n as f64))
+            .collect();
+        let fewest = finished.iter().copied().reduce(f64::min)?;
+        Some(format!(
+            "stopped at {} s in {} of {} rounds, rate of the jobs finished by then (at least {} of {})",
+            load.drain_seconds,
+            finished.len(),
+            self.samples.len(),
+            thousands(fewest),
+            thousands(load.jobs as f64)
+        ))
+    }
+
+    /// What a table says beside a row's figures: stopped drains, failed rounds.
+    fn notes(&self, load: &Load) -> Option<String> {
+        let notes: Vec<String> = [self.stopped(load), self.failures()]
+            .into_iter()
+            .flatten()
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+
     /// Why rounds failed, if any did: shown beside (or instead of) the figure.
     fn failures(&self) -> Option<String> {
         let errors: Vec<&String> = self
@@ -174,7 +202,7 @@ impl Report {
             for (_, base) in baselines {
                 let _ = write!(line, " {} |", ratio(rate, self.rate_of(w, base)));
             }
-            if let Some(f) = r.failures() {
+            if let Some(f) = r.notes(&self.load) {
                 let _ = write!(line, " {f} |");
             }
             let _ = writeln!(out, "{line}");
@@ -201,7 +229,7 @@ impl Report {
                 ms(|s| s.p99),
                 ms(|s| s.max)
             );
-            if let Some(f) = r.failures() {
+            if let Some(f) = r.notes(&self.load) {
                 let _ = write!(line, " {f} |");
             }
             let _ = writeln!(out, "{line}");
@@ -229,7 +257,7 @@ impl Report {
                 mib(plain.and_then(Row::bytes)),
                 mib(r.bytes()),
             );
-            if let Some(f) = r.failures() {
+            if let Some(f) = r.notes(&self.load) {
                 let _ = write!(line, " {f} |");
             }
             let _ = writeln!(out, "{line}");

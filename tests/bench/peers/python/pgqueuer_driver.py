@@ -136,17 +136,20 @@ async def drain(s: Settings, deadline: Deadline) -> dict[str, Any]:
                 qm.shutdown.set()
 
         qm = worker(work, s, handle)
-        start = time.perf_counter()
-        await deadline.wait(run_worker(qm, s), "draining")
-        elapsed = time.perf_counter() - start
 
-        tally.verify(ids)
-        if (left := await count_queue(admin)) != 0:
+        async def stop() -> None:
+            qm.shutdown.set()
+
+        stopped, elapsed = await common.run_capped(s, deadline, run_worker(qm, s), stop)
+
+        left = await count_queue(admin)
+        tally.verify(ids, s.jobs - left if stopped else None)
+        if not stopped and left != 0:
             raise Failure(f"{left} job(s) still in the queue after the drain")
     finally:
         await work.close()
         await admin.close()
-    return common.rate(s.jobs, elapsed)
+    return common.drain_result(s, s.jobs - left, elapsed)
 
 
 async def single(s: Settings, deadline: Deadline) -> dict[str, Any]:

@@ -155,20 +155,30 @@ async def drain(s: Settings, deadline: Deadline) -> dict[str, Any]:
 
             tally = Tally(s.jobs)
             on_job = lambda job_id, n: tally.mark(job_id)  # noqa: E731
-            start = time.perf_counter()
             # wait=False: the worker stops once it finds no job left, and
             # returns after its running jobs are finished and acknowledged.
-            await deadline.wait(
-                app.run_worker_async(**worker_options(s), wait=False), "draining"
-            )
-            elapsed = time.perf_counter() - start
+            worker = asyncio.ensure_future(app.run_worker_async(**worker_options(s), wait=False))
 
-        tally.verify(ids)
-        if (left := await count_jobs(conn)) != 0:
+            async def stop() -> None:
+                # Cancelling run_worker_async is procrastinate's graceful
+                # stop: no new fetch, running jobs finish and are recorded.
+                worker.cancel()
+
+            stopped, elapsed = await common.run_capped(s, deadline, graceful(worker), stop)
+
+        left = await count_jobs(conn)
+        tally.verify(ids, s.jobs - left if stopped else None)
+        if not stopped and left != 0:
             raise Failure(f"{left} job(s) still in procrastinate_jobs after the drain")
     finally:
         await conn.close()
-    return common.rate(s.jobs, elapsed)
+    return common.drain_result(s, s.jobs - left, elapsed)
+
+
+async def graceful(worker: asyncio.Future[Any]) -> None:
+    """The worker task, with the cancellation of its graceful stop absorbed."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
 
 
 async def single(s: Settings, deadline: Deadline) -> dict[str, Any]:

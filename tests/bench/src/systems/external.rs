@@ -73,6 +73,7 @@ impl Driver {
             .env("BENCH_SECONDS", load.seconds.to_string())
             .env("BENCH_RATE", load.rate.to_string())
             .env("BENCH_TIMEOUT", load.timeout.as_secs().to_string())
+            .env("BENCH_DRAIN_SECONDS", load.drain_seconds.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -114,6 +115,7 @@ impl Driver {
             concurrency: 1,
             rate: 1,
             timeout: Duration::from_secs(300),
+            drain_seconds: 1,
         };
         let v = self.call("setup", &cluster.url(db), &load).await?;
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
@@ -152,7 +154,11 @@ impl Driver {
                 max: num("max_ms")?,
                 ..Default::default()
             },
-            _ => Sample::rate(num("rate")?),
+            _ => Sample {
+                // Present only when the drain was stopped before the end.
+                finished: v.get("jobs").and_then(|x| x.as_u64()),
+                ..Sample::rate(num("rate")?)
+            },
         })
     }
 }
