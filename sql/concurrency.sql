@@ -195,9 +195,12 @@ BEGIN
                  LIMIT greatest(f.n, 0)) b
     ), promoted AS (
         -- A blocked job an operator is cancelling right now is waited for,
-        -- and skipped if it is gone.
+        -- and skipped if it is gone. The state test is a CASE so that the
+        -- plan looks the jobs up by primary key, never by a scan of
+        -- jobs_blocked_idx (see _locked_lease).
         UPDATE commitq.jobs j SET state = 'available'
-         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next)) AND j.state = 'blocked'
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next))
+           AND CASE WHEN j.state = 'blocked' THEN true END
         RETURNING j.queue, j.concurrency_key
     ), counted AS (
         UPDATE commitq.concurrency_keys c

@@ -75,9 +75,14 @@ AS $$
 DECLARE
     j commitq.jobs;
 BEGIN
+    -- The lease test is a CASE so that it does not imply jobs_lease_idx's
+    -- predicate: written as `state = 'running' AND ...` the planner may scan
+    -- that whole index (every running job) for this one row, whenever the
+    -- statistics were taken with few jobs running (measured: a batch of 100
+    -- completions 8.5 ms instead of 0.6 ms).
     SELECT * INTO j FROM commitq.jobs
-     WHERE id = p_job_id AND lease_token = p_lease_token AND state = 'running'
-       AND lease_expires_at > pg_catalog.clock_timestamp()
+     WHERE id = p_job_id AND lease_token = p_lease_token
+       AND CASE WHEN state = 'running' THEN lease_expires_at > pg_catalog.clock_timestamp() END
        FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM commitq._lease_error(p_job_id, p_lease_token);

@@ -25,19 +25,20 @@ BEGIN
                   FROM commitq.jobs j
                  WHERE j.id = ANY (p_ids)
                    AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
-                   AND j.state = 'running' AND j.lease_expires_at > clock_timestamp()
+                   -- CASE: looked up by primary key (see _locked_lease)
+                   AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
                  ORDER BY j.id
                    FOR UPDATE OF j) l;
         PERFORM commitq._move_to_finished(v_done, 'completed');
     ELSE
-        -- One statement: the lease check and the delete. `id = ANY` first, so
-        -- the plan looks the batch up by primary key whatever the statistics
-        -- say about running jobs.
+        -- One statement: the lease check and the delete. `id = ANY` and the
+        -- lease test as a CASE, so the plan looks the batch up by primary key
+        -- whatever the statistics say about running jobs (see _locked_lease).
         WITH gone AS (
             DELETE FROM commitq.jobs j
              WHERE j.id = ANY (p_ids)
                AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
-               AND j.state = 'running' AND j.lease_expires_at > clock_timestamp()
+               AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
             RETURNING j.id, j.concurrency_key
         )
         SELECT coalesce(array_agg(gone.id), '{}'),
