@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -349,6 +349,8 @@ impl WorkerPool {
             let slots = Slots {
                 claim: Arc::new(Semaphore::new(*concurrency + shared.cfg.prefetch)),
                 run: Arc::new(Semaphore::new(*concurrency)),
+                handlers: *concurrency,
+                waiting: Arc::new(AtomicUsize::new(0)),
             };
             for _ in 0..shared.cfg.claimers {
                 background.spawn(claim_loop(
@@ -387,12 +389,37 @@ impl WorkerPool {
 /// ones it has. Only spent while handlers are busy, never when idle.
 const GATHER: Duration = Duration::from_millis(1);
 
+/// How often a claim loop waiting for a fuller batch looks again at whether
+/// the handlers still have jobs waiting for them.
+const REFILL_CHECK: Duration = Duration::from_millis(5);
+
+/// With a local queue, the claim size a claim loop waits for while handlers
+/// have jobs waiting: half the batch, and at most half the local queue.
+fn refill_at(cfg: &WorkerPoolBuilder) -> usize {
+    match cfg.prefetch {
+        0 => 0,
+        n => cfg.batch.min(n).div_ceil(2),
+    }
+}
+
 /// A queue's slots: jobs claimed and not ended (handlers plus prefetch),
 /// and jobs running.
 #[derive(Clone)]
 struct Slots {
     claim: Arc<Semaphore>,
     run: Arc<Semaphore>,
+    handlers: usize,
+    /// Jobs claimed and waiting here for a handler slot.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a claimed job as waiting for a handler until dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Claim batches for one queue while there are free claim slots.
@@ -419,9 +446,22 @@ async fn claim_loop(
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => {
-                    match tokio::time::timeout_at(gather_until, slots.clone().acquire_owned()).await
-                    {
+                    // With a local queue, also keep waiting for at least half
+                    // a batch while the jobs waiting here give every handler
+                    // its next job: nobody idles meanwhile, and a claim's
+                    // cost is mostly per call (measured: claims of ~20 jobs
+                    // drained at 60% of the rate of claims of 100).
+                    let refilling = permits.len() < refill_at(cfg)
+                        && all.waiting.load(Ordering::SeqCst) >= all.handlers;
+                    let until = if refilling {
+                        tokio::time::Instant::now() + REFILL_CHECK
+                    } else {
+                        gather_until
+                    };
+                    match tokio::time::timeout_at(until, slots.clone().acquire_owned()).await {
                         Ok(p) => permits.push(p.expect("semaphore never closed")),
+                        // Look again whether the handlers still have work.
+                        Err(_) if refilling => {}
                         Err(_) => break,
                     }
                 }
@@ -443,7 +483,15 @@ async fn claim_loop(
         }
         cfg.metrics.add_claimed(claimed.len() as u64);
         for (job, permit) in claimed.into_iter().zip(permits) {
-            jobs.spawn(run_job(shared.clone(), job, permit, all.run.clone()));
+            all.waiting.fetch_add(1, Ordering::SeqCst);
+            let waiting = Waiting(all.waiting.clone());
+            jobs.spawn(run_job(
+                shared.clone(),
+                job,
+                permit,
+                all.run.clone(),
+                waiting,
+            ));
         }
     }
 }
@@ -510,6 +558,7 @@ async fn run_job(
     job: Claimed,
     _claimed: OwnedSemaphorePermit,
     run_slots: Arc<Semaphore>,
+    waiting: Waiting,
 ) {
     let cfg = &shared.cfg;
     let span = info_span!("job", queue = %job.queue, kind = %job.kind, id = job.job_id, attempt = job.attempt);
@@ -533,10 +582,12 @@ async fn run_job(
             p = run_slots.acquire_owned() => p.expect("semaphore never closed"),
             _ = shared.stopping.cancelled() => {
                 heartbeat.abort();
+                drop(waiting);
                 hand_back(cfg, &job).await;
                 return;
             }
             _ = cancel.cancelled() => {
+                drop(waiting);
                 heartbeat.abort();
                 if lost.load(Ordering::SeqCst) {
                     cfg.metrics.add_lost_lease();
@@ -547,6 +598,7 @@ async fn run_job(
                 return;
             }
         };
+        drop(waiting);
         cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
         let ctx = JobContext {
             job_id: job.job_id,

@@ -446,6 +446,64 @@ async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_claim_loops_share_a_local_queue_without_stalling() {
+    // Claim loops wait for fuller batches while the local queue keeps the
+    // handlers busy. With four loops whose batches together exceed the claim
+    // slots, a loop must never wait on slots the others hold: every job
+    // still runs, each once.
+    let (_db, client) = setup("t_client_claim_loops").await;
+    let jobs: Vec<Record> = (1..=3000)
+        .map(|n| Record {
+            n,
+            label: "quick".into(),
+        })
+        .collect();
+    client.enqueue_many(&jobs).await.unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 8)
+        .claimers(4)
+        .batch(100)
+        .prefetch(100)
+        .handle(|ctx, job: Record| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(
+                "INSERT INTO public.effects (n, label, attempt) VALUES ($1, 'done', $2)",
+                &[&job.n, &ctx.attempt],
+            )
+            .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let metrics = pool.metrics();
+    let (stop, handle) = start(pool);
+    wait_until("every job completed", Duration::from_secs(60), async || {
+        metrics.snapshot().completed == 3000
+    })
+    .await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(DISTINCT n) FROM public.effects WHERE attempt = 1"
+        )
+        .await,
+        3000,
+        "every job ran"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM public.effects").await,
+        3000,
+        "no job ran twice"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM commitq.jobs").await,
+        0,
+        "nothing left in the queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_reconnects_after_its_connection_is_killed() {
     let (db, client) = setup("t_client_listener").await;
     // Polling so rare that only a NOTIFY can wake the pool in time.
