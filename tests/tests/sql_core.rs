@@ -820,3 +820,102 @@ async fn complete_and_claim_completes_live_leases_and_claims_more() {
         "the expired one is not completed, the live one is"
     );
 }
+
+/// Shared buffers (hit or read) that one call touches, by EXPLAIN ANALYZE:
+/// the top node's count includes the statements run inside the function.
+async fn buffers_of(c: &Client, call: &str, ids: &[i64], tokens: &[i64]) -> u64 {
+    let rows = c
+        .query(
+            &format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {call}"),
+            &[&ids, &tokens],
+        )
+        .await
+        .unwrap();
+    let line = rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .find(|l| l.trim_start().starts_with("Buffers: shared"))
+        .expect("a Buffers line");
+    line.split_whitespace()
+        .filter_map(|w| w.strip_prefix("hit=").or_else(|| w.strip_prefix("read=")))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn lease_checks_read_the_batch_not_every_running_job() {
+    // Statistics taken while no job runs, as after a quiet night: a lease
+    // test written as `state = 'running' AND lease_expires_at > ...` implies
+    // jobs_lease_idx's predicate, and the planner then walked that index,
+    // every running job, for each completion or heartbeat.
+    let db = TestDb::new("t_core_lease_lookup").await;
+    let c = db.connect().await;
+    c.execute(
+        "SELECT count(*) FROM commitq.enqueue_many('lookup', 'noop', array_fill('{}'::jsonb, ARRAY[20000]))",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("ANALYZE commitq.jobs").await.unwrap();
+    let claimed = c
+        .query(
+            "SELECT job_id, lease_token FROM commitq.claim('lookup', 'w', 8000)
+             UNION ALL
+             SELECT job_id, lease_token FROM commitq.claim('lookup', 'w', 8000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 16000);
+    let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
+    let tokens: Vec<i64> = claimed.iter().map(|r| r.get(1)).collect();
+
+    // Once each first: a session's first call also reads the catalogs.
+    buffers_of(
+        &c,
+        "SELECT * FROM commitq.complete_many($1, $2)",
+        &ids[100..102],
+        &tokens[100..102],
+    )
+    .await;
+    buffers_of(
+        &c,
+        "SELECT * FROM commitq.heartbeat(($1::bigint[])[1], ($2::bigint[])[1])",
+        &ids[102..103],
+        &tokens[102..103],
+    )
+    .await;
+    let batch = buffers_of(
+        &c,
+        "SELECT * FROM commitq.complete_many($1, $2)",
+        &ids[..10],
+        &tokens[..10],
+    )
+    .await;
+    // Measured: about 60 by primary key, over 600 by walking the index.
+    assert!(
+        batch < 200,
+        "completing 10 of 16000 running jobs touched {batch} buffers"
+    );
+    let one = buffers_of(
+        &c,
+        "SELECT * FROM commitq.heartbeat(($1::bigint[])[1], ($2::bigint[])[1])",
+        &ids[10..11],
+        &tokens[10..11],
+    )
+    .await;
+    assert!(
+        one < 100,
+        "one heartbeat among 16000 running jobs touched {one} buffers"
+    );
+    eprintln!("buffers: complete_many of 10: {batch}, heartbeat: {one}");
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 15988, "the twelve completed, the rest still running");
+}
