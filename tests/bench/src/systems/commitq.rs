@@ -62,7 +62,11 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
         .map_err(why("version"))?
         .get(0);
     Ok(format!(
-        "pg_commitq {v}; commitq crate {}",
+        "pg_commitq {v}; commitq crate {}; SQL drains: one claimer per handler, \
+         claim 100 then complete_many, or complete_and_claim 100; WorkerPool drains: \
+         without prefetch a claim loop of batch 16 per 16 handlers, with prefetch \
+         batch 100 and {PREFETCH_CLAIMERS} claim loops; latency: WorkerPool defaults (batch 10, \
+         NOTIFY wake-up)",
         env!("CARGO_PKG_VERSION")
     ))
 }
