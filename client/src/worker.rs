@@ -422,8 +422,15 @@ struct Slots {
     waiting: Arc<AtomicUsize>,
 }
 
-/// Counts a claimed job as waiting for a handler until dropped.
+/// Counts a claimed job as waiting for a handler, from `new` until dropped.
 struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Waiting {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count.clone())
+    }
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
@@ -492,8 +499,7 @@ async fn claim_loop(
         }
         cfg.metrics.add_claimed(claimed.len() as u64);
         for (job, permit) in claimed.into_iter().zip(permits) {
-            all.waiting.fetch_add(1, Ordering::SeqCst);
-            let waiting = Waiting(all.waiting.clone());
+            let waiting = Waiting::new(&all.waiting);
             jobs.spawn(run_job(
                 shared.clone(),
                 job,

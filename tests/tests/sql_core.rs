@@ -870,40 +870,19 @@ async fn lease_checks_read_the_batch_not_every_running_job() {
     let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
     let tokens: Vec<i64> = claimed.iter().map(|r| r.get(1)).collect();
 
+    let complete = "SELECT * FROM commitq.complete_many($1, $2)";
+    let heartbeat = "SELECT * FROM commitq.heartbeat(($1::bigint[])[1], ($2::bigint[])[1])";
     // Once each first: a session's first call also reads the catalogs.
-    buffers_of(
-        &c,
-        "SELECT * FROM commitq.complete_many($1, $2)",
-        &ids[100..102],
-        &tokens[100..102],
-    )
-    .await;
-    buffers_of(
-        &c,
-        "SELECT * FROM commitq.heartbeat(($1::bigint[])[1], ($2::bigint[])[1])",
-        &ids[102..103],
-        &tokens[102..103],
-    )
-    .await;
-    let batch = buffers_of(
-        &c,
-        "SELECT * FROM commitq.complete_many($1, $2)",
-        &ids[..10],
-        &tokens[..10],
-    )
-    .await;
+    buffers_of(&c, complete, &ids[100..102], &tokens[100..102]).await;
+    buffers_of(&c, heartbeat, &ids[102..103], &tokens[102..103]).await;
+
+    let batch = buffers_of(&c, complete, &ids[..10], &tokens[..10]).await;
     // Measured: about 60 by primary key, over 600 by walking the index.
     assert!(
         batch < 200,
         "completing 10 of 16000 running jobs touched {batch} buffers"
     );
-    let one = buffers_of(
-        &c,
-        "SELECT * FROM commitq.heartbeat(($1::bigint[])[1], ($2::bigint[])[1])",
-        &ids[10..11],
-        &tokens[10..11],
-    )
-    .await;
+    let one = buffers_of(&c, heartbeat, &ids[10..11], &tokens[10..11]).await;
     assert!(
         one < 100,
         "one heartbeat among 16000 running jobs touched {one} buffers"

@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::common::{Cluster, Load, Outcome, Sample};
-use crate::systems::Workload;
+use crate::systems::{System, Workload};
 use crate::Row;
 
 pub struct Report {
@@ -276,15 +276,16 @@ impl Report {
         );
         for r in self.rows_of(w) {
             // The same pool (handlers, prefetch) without keys, in the drain.
-            let name = r.system.name();
-            let plain = [", 200 concurrency keys", ", idempotency key on every job"]
-                .iter()
-                .fold(name.as_str(), |n, suffix| n.trim_end_matches(suffix));
+            let plain = match &r.system {
+                System::Commitq(c) => self.rate_of(Workload::Drain, &c.without_keys().name()),
+                _ => None,
+            };
             let mut line = format!(
-                "| {name} | {} | {} | {} |",
+                "| {} | {} | {} | {} |",
+                r.system.name(),
                 r.rate().map_or("-".into(), thousands),
                 r.range(|s| s.rate),
-                ratio(r.rate(), self.rate_of(Workload::Drain, plain))
+                ratio(r.rate(), plain)
             );
             if let Some(f) = r.failures() {
                 let _ = write!(line, " {f} |");

@@ -156,9 +156,19 @@ def rate(jobs: int, seconds: float) -> dict[str, float]:
     return {"rate": round(jobs / seconds, 1)}
 
 
-def drain_result(s: Settings, acknowledged: int, seconds: float) -> dict[str, float]:
-    """A drain's rate; a drain stopped by BENCH_DRAIN_SECONDS also says how
-    many of the BENCH_JOBS jobs it finished."""
+def drain_result(
+    s: Settings, tally: Tally, ids: Iterable[Hashable], stopped: bool, left: int, seconds: float
+) -> dict[str, float]:
+    """Check a drain that left `left` jobs unacknowledged and return its rate.
+
+    A drain that ran to the end must have handled every job once and left
+    none; one stopped by BENCH_DRAIN_SECONDS handled none twice and at least
+    those it acknowledged, and its result also says how many of the
+    BENCH_JOBS jobs that was."""
+    acknowledged = s.jobs - left
+    tally.verify(ids, acknowledged if stopped else None)
+    if not stopped and left != 0:
+        raise Failure(f"{left} job(s) still in the queue after the drain")
     result = rate(acknowledged, seconds)
     if acknowledged < s.jobs:
         result["jobs"] = acknowledged

@@ -167,12 +167,9 @@ async def drain(s: Settings, deadline: Deadline) -> dict[str, Any]:
             stopped, elapsed = await common.run_capped(s, deadline, graceful(worker), stop)
 
         left = await count_jobs(conn)
-        tally.verify(ids, s.jobs - left if stopped else None)
-        if not stopped and left != 0:
-            raise Failure(f"{left} job(s) still in procrastinate_jobs after the drain")
     finally:
         await conn.close()
-    return common.drain_result(s, s.jobs - left, elapsed)
+    return common.drain_result(s, tally, ids, stopped, left, elapsed)
 
 
 async def graceful(worker: asyncio.Future[Any]) -> None:

@@ -111,6 +111,20 @@ async fn fill(c: &Client, jobs: usize, keys: Keys) -> Outcome<()> {
 }
 
 impl Commitq {
+    /// The same worker pool without keys: what a keyed drain is compared with.
+    pub fn without_keys(self) -> Commitq {
+        match self {
+            Commitq::Pool {
+                handlers, prefetch, ..
+            } => Commitq::Pool {
+                handlers,
+                prefetch,
+                keys: Keys::None,
+            },
+            other => other,
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Commitq::Functions => "commitq (enqueue, enqueue_many)".into(),
