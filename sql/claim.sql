@@ -71,7 +71,10 @@ BEGIN
     -- and go to _claim_keyed (concurrency.sql), which also needs a slot of
     -- their key.
     WITH picked AS (
-        SELECT c.id, c.concurrency_key AS ck, c.priority, c.run_at FROM commitq.jobs c
+        -- A job handed its key's slot already holds it: it is claimed like
+        -- a job without a key.
+        SELECT c.id, CASE WHEN NOT c.slot_held THEN c.concurrency_key END AS ck,
+               c.priority, c.run_at FROM commitq.jobs c
          WHERE c.queue = claim.queue AND c.state = 'available'
          ORDER BY c.priority, c.run_at, c.id
          LIMIT claim.max_jobs
@@ -84,7 +87,8 @@ BEGIN
                lease_expires_at = now() + claim.lease,
                lease_interval = claim.lease,
                worker = claim.worker,
-               claimed_at = now()
+               claimed_at = now(),
+               slot_held = false
          -- `= ANY (ARRAY(...))`: an index lookup in any plan, where a join
          -- could be planned as a scan of the whole table (the plan is made
          -- once, not knowing how many jobs a call wants).

@@ -87,15 +87,22 @@ BEGIN
             SELECT cand.id, cand.ck, keys.free,
                    row_number() OVER (PARTITION BY cand.ck ORDER BY cand.ord) AS rk
               FROM cand JOIN keys ON keys.key = cand.ck
+        ), per_key AS (
+            -- Counted once per key: a count per key row, as a subquery in
+            -- SET, would scan the whole batch for every key.
+            SELECT ranked.ck,
+                   count(*) FILTER (WHERE ranked.rk <= ranked.free) AS run,
+                   count(*) FILTER (WHERE ranked.rk > ranked.free) AS park
+              FROM ranked GROUP BY ranked.ck
         ), counted AS (
             UPDATE commitq.concurrency_keys k
-               SET running = k.running + (SELECT count(*) FROM ranked
-                                           WHERE ranked.ck = k.key AND ranked.rk <= ranked.free),
-                   blocked = k.blocked + (SELECT count(*) FROM ranked
-                                           WHERE ranked.ck = k.key AND ranked.rk > ranked.free)
+               SET running = k.running + per_key.run,
+                   blocked = k.blocked + per_key.park
+              FROM per_key
              -- `= ANY (ARRAY(...))` here and below: an index lookup in any
              -- plan (see commitq.claim).
              WHERE k.key = ANY (ARRAY(SELECT ranked.ck FROM ranked))
+               AND k.key = per_key.ck
         ), parked AS (
             UPDATE commitq.jobs j SET state = 'blocked'
              WHERE j.id = ANY (ARRAY(SELECT ranked.id FROM ranked WHERE ranked.rk > ranked.free))
@@ -108,7 +115,8 @@ BEGIN
                    lease_expires_at = now() + p_lease,
                    lease_interval = p_lease,
                    worker = p_worker,
-                   claimed_at = now()
+                   claimed_at = now(),
+                   slot_held = false
              WHERE j.id = ANY (ARRAY(SELECT cand.id FROM cand WHERE cand.ck IS NULL
                                      UNION ALL
                                      SELECT ranked.id FROM ranked WHERE ranked.rk <= ranked.free))
@@ -161,7 +169,8 @@ BEGIN
                array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
                count(*) = p_want
           INTO v_ids, v_keys, p_more
-          FROM (SELECT x.id, x.concurrency_key, x.priority, x.run_at FROM commitq.jobs x
+          FROM (SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS concurrency_key,
+                       x.priority, x.run_at FROM commitq.jobs x
                  WHERE x.queue = p_queue AND x.state = 'available'
                    AND x.id <> ALL (v_passed)
                  ORDER BY x.priority, x.run_at, x.id
@@ -173,8 +182,12 @@ END
 $$;
 
 -- Make up to p_counts[i] blocked jobs of key p_keys[i] available, in claim
--- order, count them out of their keys' rows, and wake their queues; returns
--- how many. The caller holds the keys' row locks, and calls this in a
+-- order, each holding one of the key's free slots (slot_held, counted in
+-- `running`), and wake their queues; returns how many. Handing the slot over
+-- here, rather than freeing it for whichever claimer comes first, means the
+-- promoted job is claimed like a job without a key (no key row to lock or
+-- write) and cannot lose its turn to a later job of the key, only to be
+-- parked again. The caller holds the keys' row locks, and calls this in a
 -- statement of its own after taking them, so that at READ COMMITTED it sees
 -- the jobs a claimer parked while the caller waited for a lock.
 CREATE FUNCTION commitq._promote_blocked(p_keys text[], p_counts integer[]) RETURNS integer
@@ -198,15 +211,20 @@ BEGIN
         -- and skipped if it is gone. The state test is a CASE so that the
         -- plan looks the jobs up by primary key, never by a scan of
         -- jobs_blocked_idx (see _locked_lease).
-        UPDATE commitq.jobs j SET state = 'available'
+        UPDATE commitq.jobs j SET state = 'available', slot_held = true
          WHERE j.id = ANY (ARRAY(SELECT next.id FROM next))
            AND CASE WHEN j.state = 'blocked' THEN true END
         RETURNING j.queue, j.concurrency_key
+    ), per_key AS (
+        SELECT promoted.concurrency_key AS key, count(*) AS n
+          FROM promoted GROUP BY promoted.concurrency_key
     ), counted AS (
         UPDATE commitq.concurrency_keys c
-           SET blocked = greatest(c.blocked - (SELECT count(*) FROM promoted
-                                                WHERE promoted.concurrency_key = c.key), 0)
-         WHERE c.key = ANY (ARRAY(SELECT DISTINCT promoted.concurrency_key FROM promoted))
+           SET blocked = greatest(c.blocked - per_key.n, 0),
+               running = c.running + per_key.n
+          FROM per_key
+         WHERE c.key = ANY (ARRAY(SELECT per_key.key FROM per_key))
+           AND c.key = per_key.key
     )
     SELECT array_agg(DISTINCT promoted.queue), count(*) INTO v_queues, v_n FROM promoted;
     IF v_n > 0 THEN
@@ -235,14 +253,16 @@ BEGIN
     -- same two keys when their limits are above 1; in the rare case that
     -- they then deadlock, PostgreSQL aborts one, and its jobs run again after
     -- their leases expire.)
-    WITH given AS (
+    WITH per_key AS (
+        -- Counted once per key, not by a scan of p_keys for every key row.
+        SELECT k AS key, count(*) AS n FROM unnest(p_keys) k GROUP BY k
+    ), given AS (
         UPDATE commitq.concurrency_keys c
-           SET running = greatest(c.running - (SELECT count(*) FROM unnest(p_keys) k WHERE k = c.key), 0)
+           SET running = greatest(c.running - per_key.n, 0)
+          FROM per_key
          -- `= ANY`: an index lookup in any plan (see commitq.claim)
-         WHERE c.key = ANY (p_keys)
-        RETURNING c.key, c.blocked,
-                  least((SELECT count(*) FROM unnest(p_keys) k WHERE k = c.key),
-                        c.max_running - c.running) AS free
+         WHERE c.key = ANY (p_keys) AND c.key = per_key.key
+        RETURNING c.key, c.blocked, least(per_key.n, c.max_running - c.running) AS free
     )
     SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key)
       INTO v_keys, v_free

@@ -29,14 +29,13 @@ BEGIN
     END IF;
     PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
     -- A blocked job leaves its key's count of blocked jobs. An available
-    -- keyed job may be the one promoted to take a free slot of its key: pass
-    -- that turn on to the next blocked job.
+    -- job that was handed a slot of its key gives it back, which passes it
+    -- on to the next blocked job.
     IF j.state = 'blocked' THEN
         UPDATE commitq.concurrency_keys k SET blocked = greatest(k.blocked - 1, 0)
          WHERE k.key = j.concurrency_key;
-    ELSIF j.state = 'available' AND j.concurrency_key IS NOT NULL THEN
-        PERFORM 1 FROM commitq.concurrency_keys k WHERE k.key = j.concurrency_key FOR UPDATE;
-        PERFORM commitq._promote_blocked(ARRAY[j.concurrency_key], ARRAY[1]);
+    ELSIF j.slot_held THEN
+        PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
     END IF;
     RETURN 'cancelled';
 END

@@ -53,6 +53,11 @@ CREATE TABLE commitq.jobs (
     worker            text,
     idempotency_key   text,
     concurrency_key   text,
+    -- An available job that already holds a slot of its concurrency key: a
+    -- running job of the key handed its slot on to this job when it stopped
+    -- (see _promote_blocked), so claiming it takes no slot and no key lock.
+    -- Cleared by every claim.
+    slot_held         boolean NOT NULL DEFAULT false,
     cancel_requested  boolean NOT NULL DEFAULT false,
     -- Claimable only once this transaction has committed; cancelled if it
     -- aborted (see enqueue's after_xact).
@@ -150,8 +155,9 @@ CREATE UNLOGGED TABLE commitq.waiting_workers (
     PRIMARY KEY (queue, worker)
 );
 
--- Per-key mutual exclusion. `running` counts the key's jobs in state
--- 'running' and `blocked` those in state 'blocked'; both change only under
+-- Per-key mutual exclusion. `running` counts the key's slots in use: its
+-- jobs in state 'running', and its available jobs that were handed a slot
+-- (slot_held); `blocked` counts those in state 'blocked'. Both change only under
 -- the row's lock, in the transaction that changes such a job, so they are
 -- exact (no separate counter to drift after a crash or a lost heartbeat).
 -- Rows are created by the first claim of a key and pruned by maintain() once
