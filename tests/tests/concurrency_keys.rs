@@ -272,3 +272,71 @@ async fn a_vanished_worker_holds_its_key_until_its_lease_is_rescued() {
         "the rescue gave the key's slot to the next job"
     );
 }
+
+/// A slot given back is handed to the next blocked job of the key, which
+/// keeps it until it is claimed: a job of the key that comes earlier in claim
+/// order (a higher priority) cannot take it first. Cancelling the job that
+/// holds the handed-over slot passes the slot on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
+    let db = TestDb::new("t_ckeys_handover").await;
+    let c = db.connect().await;
+    let enqueue = "SELECT job_id FROM commitq.enqueue('accounts', 'touch', '{}',
+                                                     priority => $1, concurrency_key => 'account:1')";
+    let claim = "SELECT job_id, lease_token FROM commitq.claim('accounts', $1, 5)";
+    let state = "SELECT state::text || CASE WHEN slot_held THEN ' holding' ELSE '' END
+                   FROM commitq.jobs WHERE id = $1";
+    let running = "SELECT running::bigint FROM commitq.concurrency_keys WHERE key = 'account:1'";
+    let first: i64 = c.query_one(enqueue, &[&0i32]).await.unwrap().get(0);
+    let second: i64 = c.query_one(enqueue, &[&0i32]).await.unwrap().get(0);
+
+    let rows = c.query(claim, &[&"w1"]).await.unwrap();
+    assert_eq!(rows.len(), 1, "one job of the key runs");
+    assert_eq!(rows[0].get::<_, i64>(0), first);
+    let token: i64 = rows[0].get(1);
+    c.execute("SELECT commitq.complete($1, $2)", &[&first, &token])
+        .await
+        .unwrap();
+    let s: String = c.query_one(state, &[&second]).await.unwrap().get(0);
+    assert_eq!(s, "available holding", "the completion handed its slot on");
+    assert_eq!(
+        scalar_on(&c, running).await,
+        1,
+        "the handed-over slot is counted"
+    );
+
+    // A job of the key that comes first in claim order arrives now.
+    let urgent: i64 = c.query_one(enqueue, &[&-5i32]).await.unwrap().get(0);
+    let rows = c.query(claim, &[&"w2"]).await.unwrap();
+    let claimed: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        claimed,
+        vec![second],
+        "the job handed the slot keeps its turn"
+    );
+    let s: String = c.query_one(state, &[&urgent]).await.unwrap().get(0);
+    assert_eq!(s, "blocked");
+
+    let token: i64 = rows[0].get(1);
+    c.execute("SELECT commitq.complete($1, $2)", &[&second, &token])
+        .await
+        .unwrap();
+    let s: String = c.query_one(state, &[&urgent]).await.unwrap().get(0);
+    assert_eq!(s, "available holding");
+    c.execute("SELECT commitq.cancel($1)", &[&urgent])
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar_on(&c, running).await,
+        0,
+        "cancelling it gave the slot back"
+    );
+    let last: i64 = c.query_one(enqueue, &[&0i32]).await.unwrap().get(0);
+    let rows = c.query(claim, &[&"w3"]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), last, "the key is free again");
+}
+
+async fn scalar_on(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
