@@ -87,12 +87,6 @@ CREATE TABLE commitq.jobs (
 CREATE INDEX jobs_claim_idx ON commitq.jobs (queue, priority, run_at, id)
     WHERE state = 'available';
 
--- The claim path of jobs with a concurrency key, which need a slot of their
--- key as well as their turn (see concurrency.sql). Kept apart so that claim
--- finds them without walking past every job that has no key.
-CREATE INDEX jobs_claim_keyed_idx ON commitq.jobs (queue, priority, run_at, id)
-    WHERE state = 'available' AND concurrency_key IS NOT NULL;
-
 -- Jobs waiting for a slot of their key, in the order they get one.
 CREATE INDEX jobs_blocked_idx ON commitq.jobs (concurrency_key, priority, run_at, id)
     WHERE state = 'blocked';
