@@ -169,6 +169,7 @@ BEGIN
                array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
                count(*) = p_want
           INTO v_ids, v_keys, p_more
+          -- A job handed its key's slot goes as one without a key (see commitq.claim).
           FROM (SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS concurrency_key,
                        x.priority, x.run_at FROM commitq.jobs x
                  WHERE x.queue = p_queue AND x.state = 'available'
@@ -354,9 +355,9 @@ BEGIN
 END
 $$;
 
--- maintain()'s part: promote blocked jobs of keys that have free slots (a
--- limit was raised, or an available job of the key was cancelled and so
--- never used the slot it was promoted for), and forget idle keys.
+-- maintain()'s part: promote blocked jobs of keys that have free slots, and
+-- forget idle keys. Releases, cancel and set_concurrency_limit hand free
+-- slots on at once; this is the safety net for a slot none of them handed on.
 CREATE FUNCTION commitq._maintain_keys(p_batch integer, OUT promoted bigint, OUT pruned bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

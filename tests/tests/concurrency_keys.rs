@@ -280,6 +280,7 @@ async fn a_vanished_worker_holds_its_key_until_its_lease_is_rescued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
     let db = TestDb::new("t_ckeys_handover").await;
+    let client = Client::connect(&db.url).await.unwrap();
     let c = db.connect().await;
     let enqueue = "SELECT job_id FROM commitq.enqueue('accounts', 'touch', '{}',
                                                      priority => $1, concurrency_key => 'account:1')";
@@ -300,7 +301,7 @@ async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
     let s: String = c.query_one(state, &[&second]).await.unwrap().get(0);
     assert_eq!(s, "available holding", "the completion handed its slot on");
     assert_eq!(
-        scalar_on(&c, running).await,
+        scalar(&client, running).await,
         1,
         "the handed-over slot is counted"
     );
@@ -327,7 +328,7 @@ async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
         .await
         .unwrap();
     assert_eq!(
-        scalar_on(&c, running).await,
+        scalar(&client, running).await,
         0,
         "cancelling it gave the slot back"
     );
@@ -335,8 +336,4 @@ async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
     let rows = c.query(claim, &[&"w3"]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, i64>(0), last, "the key is free again");
-}
-
-async fn scalar_on(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
