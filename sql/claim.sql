@@ -45,14 +45,11 @@ DECLARE
     v_got integer := 0;
     v_keyed integer;
 BEGIN
-    PERFORM commitq._check(coalesce(commitq._queue_problem(claim.queue), CASE
-        WHEN claim.worker IS NULL THEN 'worker must not be NULL'
-        WHEN length(claim.worker) NOT BETWEEN 1 AND 200
-            THEN 'worker must be 1 to 200 characters'
-        WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
+    PERFORM commitq._check(coalesce(
+        commitq._queue_problem(claim.queue),
+        commitq._worker_lease_problem(claim.worker, claim.lease),
+        CASE WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
             THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))
-        WHEN claim.lease IS NULL OR claim.lease < interval '1 second' OR claim.lease > interval '7 days'
-            THEN format('lease %s out of range 1 second..7 days', coalesce(claim.lease::text, 'NULL'))
         END));
 
     -- Scheduled jobs that have come due become available. SKIP LOCKED: a row
@@ -166,7 +163,7 @@ DECLARE
 BEGIN
     PERFORM commitq._check(commitq._batch_problem(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
     v_lost := cardinality(complete_and_claim.job_ids)
-            - cardinality(commitq._complete_leased(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
+            - cardinality((commitq._complete_leased(complete_and_claim.job_ids, complete_and_claim.lease_tokens)).done);
     IF v_lost > 0 THEN
         RAISE WARNING 'commitq: % of % completions refused: stale or expired lease',
             v_lost, cardinality(complete_and_claim.job_ids);

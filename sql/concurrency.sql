@@ -184,41 +184,69 @@ $$;
 
 -- Make up to p_counts[i] blocked jobs of key p_keys[i] available, in claim
 -- order, each holding one of the key's free slots (slot_held, counted in
--- `running`), and wake their queues; returns how many. Handing the slot over
--- here, rather than freeing it for whichever claimer comes first, means the
--- promoted job is claimed like a job without a key (no key row to lock or
--- write) and cannot lose its turn to a later job of the key, only to be
--- parked again. The caller holds the keys' row locks, and calls this in a
--- statement of its own after taking them, so that at READ COMMITTED it sees
--- the jobs a claimer parked while the caller waited for a lock.
-CREATE FUNCTION commitq._promote_blocked(p_keys text[], p_counts integer[]) RETURNS integer
+-- `running`), and wake their queues. Handing the slot over here, rather than
+-- freeing it for whichever claimer comes first, means the promoted job is
+-- claimed like a job without a key (no key row to lock or write) and cannot
+-- lose its turn to a later job of the key, only to be parked again. The
+-- caller holds the keys' row locks, and calls this in a statement of its own
+-- after taking them, so that at READ COMMITTED it sees the jobs a claimer
+-- parked while the caller waited for a lock.
+--
+-- With p_worker, a promoted job whose queue is p_take_queues[i] is claimed
+-- for p_worker under a new lease of p_lease instead (see complete_and_take):
+-- it goes straight from blocked to running, one write instead of two, and
+-- comes back in `taken`. Returns how many jobs got a slot, taken ones
+-- included.
+CREATE FUNCTION commitq._promote_blocked(
+    p_keys text[], p_counts integer[],
+    p_take_queues text[] DEFAULT NULL, p_worker text DEFAULT NULL, p_lease interval DEFAULT NULL,
+    OUT promoted integer, OUT taken commitq.claimed_job[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_queues text[];
-    v_n integer;
 BEGIN
     WITH next AS (
-        SELECT b.id
-          FROM unnest(p_keys, p_counts) AS f(key, n)
+        SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue AS take
+          FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
           CROSS JOIN LATERAL (
-                SELECT x.id FROM commitq.jobs x
+                SELECT x.id, x.queue FROM commitq.jobs x
                  WHERE x.concurrency_key = f.key AND x.state = 'blocked'
                  ORDER BY x.priority, x.run_at, x.id
                  LIMIT greatest(f.n, 0)) b
-    ), promoted AS (
+    ), handed AS (
         -- A blocked job an operator is cancelling right now is waited for,
         -- and skipped if it is gone. The state test is a CASE so that the
         -- plan looks the jobs up by primary key, never by a scan of
         -- jobs_blocked_idx (see _locked_lease).
         UPDATE commitq.jobs j SET state = 'available', slot_held = true
-         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next))
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE NOT next.take))
            AND CASE WHEN j.state = 'blocked' THEN true END
         RETURNING j.queue, j.concurrency_key
+    ), claimed AS (
+        -- The same claim as commitq.claim's, for the jobs taken.
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + p_lease,
+               lease_interval = p_lease,
+               worker = p_worker,
+               claimed_at = now(),
+               slot_held = false
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE next.take))
+           AND CASE WHEN j.state = 'blocked' THEN true END
+        RETURNING j.concurrency_key,
+                  ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+                      j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+                      j.idempotency_key, j.errors)::commitq.claimed_job AS r
     ), per_key AS (
-        SELECT promoted.concurrency_key AS key, count(*) AS n
-          FROM promoted GROUP BY promoted.concurrency_key
+        SELECT s.key, count(*) AS n
+          FROM (SELECT handed.concurrency_key AS key FROM handed
+                UNION ALL
+                SELECT claimed.concurrency_key FROM claimed) s
+         GROUP BY s.key
     ), counted AS (
         UPDATE commitq.concurrency_keys c
            SET blocked = greatest(c.blocked - per_key.n, 0),
@@ -227,19 +255,27 @@ BEGIN
          WHERE c.key = ANY (ARRAY(SELECT per_key.key FROM per_key))
            AND c.key = per_key.key
     )
-    SELECT array_agg(DISTINCT promoted.queue), count(*) INTO v_queues, v_n FROM promoted;
-    IF v_n > 0 THEN
+    SELECT (SELECT array_agg(DISTINCT handed.queue) FROM handed),
+           (SELECT count(*) FROM handed) + (SELECT count(*) FROM claimed),
+           (SELECT array_agg(claimed.r ORDER BY (claimed.r).priority, (claimed.r).run_at, (claimed.r).job_id)
+              FROM claimed)
+      INTO v_queues, promoted, taken;
+    IF v_queues IS NOT NULL THEN
         PERFORM commitq._wake(q) FROM unnest(v_queues) q;
     END IF;
-    RETURN v_n;
 END
 $$;
 
 -- Give back the slots of jobs that stopped running: one element per job that
 -- left state 'running' (NULLs, for jobs without a key, are ignored), and
 -- promote one blocked job of its key per slot given back. The common case,
--- no job of the key waiting, is the one UPDATE.
-CREATE FUNCTION commitq._release_keys(p_keys text[]) RETURNS void
+-- no job of the key waiting, is the one UPDATE. With p_worker, p_queues[i]
+-- is the queue of job i, and a promoted job of that queue is claimed for
+-- p_worker (see _promote_blocked); returns the jobs so taken.
+CREATE FUNCTION commitq._release_keys(
+    p_keys text[], p_queues text[] DEFAULT NULL, p_worker text DEFAULT NULL,
+    p_lease interval DEFAULT NULL)
+RETURNS commitq.claimed_job[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -247,6 +283,7 @@ AS $$
 DECLARE
     v_keys text[];
     v_free integer[];
+    v_take_queues text[];
 BEGIN
     -- The UPDATE waits for a claimer that is parking jobs of these keys
     -- right now, and then reads the row as that claimer left it: `blocked`
@@ -256,22 +293,30 @@ BEGIN
     -- their leases expire.)
     WITH per_key AS (
         -- Counted once per key, not by a scan of p_keys for every key row.
-        SELECT k AS key, count(*) AS n FROM unnest(p_keys) k GROUP BY k
+        -- (Should one batch release a key from two queues, the next job of
+        -- the key is taken only when it is in the first of them.)
+        SELECT t.k AS key, count(*) AS n, min(t.q) AS take_queue
+          FROM unnest(p_keys, p_queues) AS t(k, q)
+         WHERE t.k IS NOT NULL
+         GROUP BY t.k
     ), given AS (
         UPDATE commitq.concurrency_keys c
            SET running = greatest(c.running - per_key.n, 0)
           FROM per_key
          -- `= ANY`: an index lookup in any plan (see commitq.claim)
          WHERE c.key = ANY (p_keys) AND c.key = per_key.key
-        RETURNING c.key, c.blocked, least(per_key.n, c.max_running - c.running) AS free
+        RETURNING c.key, c.blocked, least(per_key.n, c.max_running - c.running) AS free,
+                  per_key.take_queue
     )
-    SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key)
-      INTO v_keys, v_free
+    SELECT array_agg(given.key ORDER BY given.key), array_agg(given.free ORDER BY given.key),
+           array_agg(given.take_queue ORDER BY given.key)
+      INTO v_keys, v_free, v_take_queues
       FROM given WHERE given.blocked > 0 AND given.free > 0;
     -- Most releases find no job waiting, and stop here.
-    IF v_keys IS NOT NULL THEN
-        PERFORM commitq._promote_blocked(v_keys, v_free);
+    IF v_keys IS NULL THEN
+        RETURN NULL;
     END IF;
+    RETURN (commitq._promote_blocked(v_keys, v_free, v_take_queues, p_worker, p_lease)).taken;
 END
 $$;
 
@@ -378,7 +423,7 @@ BEGIN
          LIMIT p_batch
            FOR UPDATE SKIP LOCKED
     LOOP
-        promoted := promoted + commitq._promote_blocked(ARRAY[r.key], ARRAY[r.free]);
+        promoted := promoted + (commitq._promote_blocked(ARRAY[r.key], ARRAY[r.free])).promoted;
     END LOOP;
 
     WITH gone AS (

@@ -20,6 +20,21 @@ BEGIN
 END
 $$;
 
+-- What is wrong with the worker name and lease interval of a claim, or NULL.
+CREATE FUNCTION commitq._worker_lease_problem(p_worker text, p_lease interval) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN p_worker IS NULL THEN 'worker must not be NULL'
+        WHEN pg_catalog.length(p_worker) NOT BETWEEN 1 AND 200
+            THEN 'worker must be 1 to 200 characters'
+        WHEN p_lease IS NULL OR p_lease < interval '1 second' OR p_lease > interval '7 days'
+            THEN pg_catalog.format('lease %s out of range 1 second..7 days',
+                                   coalesce(p_lease::text, 'NULL'))
+    END
+$$;
+
 -- Raise the right lease error for a call that presented (job_id, lease_token)
 -- and did not match a running job under a live lease.
 CREATE FUNCTION commitq._lease_error(p_job_id bigint, p_lease_token bigint) RETURNS void

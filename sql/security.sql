@@ -66,6 +66,7 @@ GRANT EXECUTE ON FUNCTION
     commitq.complete(bigint, bigint),
     commitq.complete_many(bigint[], bigint[]),
     commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval),
+    commitq.complete_and_take(bigint[], bigint[], text, interval),
     commitq.stop_waiting(text, text),
     commitq.fail(bigint, bigint, text, interval, boolean),
     commitq.heartbeat(bigint, bigint, interval),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
@@ -285,7 +285,7 @@ struct Shared {
     stopping: CancellationToken,
     /// Grace period over: cancel what still runs.
     hard_stop: CancellationToken,
-    completions: mpsc::UnboundedSender<(i64, i64)>,
+    completions: mpsc::UnboundedSender<Completion>,
 }
 
 struct Claimed {
@@ -295,7 +295,21 @@ struct Claimed {
     args: Value,
     attempt: i32,
     lease_token: i64,
+    /// Has a concurrency key: its completion passes the key's slot on.
+    keyed: bool,
     claimed_at: Instant,
+}
+
+/// A job whose handler returned `Outcome::Complete`, for the batch
+/// completer.
+struct Completion {
+    job_id: i64,
+    lease_token: i64,
+    /// For a job with a concurrency key: its claim slot, and its queue's
+    /// slots. The claim slot is kept until the completion commits, since
+    /// only then is the key's slot free; and if the completion takes the
+    /// key's next job (`commitq.complete_and_take`), that job inherits it.
+    slot: Option<(OwnedSemaphorePermit, Slots)>,
 }
 
 impl WorkerPool {
@@ -345,7 +359,13 @@ impl WorkerPool {
         let jobs = TaskTracker::new();
         let background = TaskTracker::new();
 
-        let completer = tokio::spawn(complete_batches(shared.clone(), rx));
+        let completer = tokio::spawn(complete_batches(
+            Arc::downgrade(&shared),
+            self.inner.clone(),
+            shared.stopping.clone(),
+            jobs.clone(),
+            rx,
+        ));
         if let Some(url) = shared.cfg.client.url().map(str::to_string) {
             background.spawn(listen(url, notifies.clone(), shared.stopping.clone()));
         }
@@ -500,13 +520,7 @@ async fn claim_loop(
         cfg.metrics.add_claimed(claimed.len() as u64);
         for (job, permit) in claimed.into_iter().zip(permits) {
             let waiting = Waiting::new(&all.waiting);
-            jobs.spawn(run_job(
-                shared.clone(),
-                job,
-                permit,
-                all.run.clone(),
-                waiting,
-            ));
+            jobs.spawn(run_job(shared.clone(), job, permit, all.clone(), waiting));
         }
     }
 }
@@ -541,7 +555,8 @@ async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Cla
     let conn = cfg.client.pool().get().await?;
     let rows = conn
         .query(
-            "SELECT job_id, queue, kind, args, attempt, lease_token
+            "SELECT job_id, queue, kind, args, attempt, lease_token,
+                    concurrency_key IS NOT NULL
                FROM commitq.claim($1, $2, $3, make_interval(secs => $4))",
             &[
                 &queue,
@@ -561,6 +576,7 @@ async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Cla
             args: r.get(3),
             attempt: r.get(4),
             lease_token: r.get(5),
+            keyed: r.get(6),
             claimed_at,
         })
         .collect())
@@ -571,8 +587,8 @@ async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Cla
 async fn run_job(
     shared: Arc<Shared>,
     job: Claimed,
-    _claimed: OwnedSemaphorePermit,
-    run_slots: Arc<Semaphore>,
+    claimed: OwnedSemaphorePermit,
+    slots: Slots,
     waiting: Waiting,
 ) {
     let cfg = &shared.cfg;
@@ -594,7 +610,7 @@ async fn run_job(
         // lost meanwhile belongs to someone else now.
         let _running = tokio::select! {
             biased;
-            p = run_slots.acquire_owned() => p.expect("semaphore never closed"),
+            p = slots.run.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shared.stopping.cancelled() => {
                 heartbeat.abort();
                 drop(waiting);
@@ -664,7 +680,11 @@ async fn run_job(
                 if ctx.completed.load(Ordering::SeqCst) {
                     cfg.metrics.add_completed(1);
                 } else {
-                    let _ = shared.completions.send((job.job_id, job.lease_token));
+                    let _ = shared.completions.send(Completion {
+                        job_id: job.job_id,
+                        lease_token: job.lease_token,
+                        slot: job.keyed.then_some((claimed, slots)),
+                    });
                 }
             }
             Some(Ok(Outcome::Snooze(delay))) => snooze(cfg, &job, delay).await,
@@ -778,52 +798,118 @@ async fn hand_back(cfg: &WorkerPoolBuilder, job: &Claimed) {
 }
 
 /// Complete finished jobs in batches: whatever has arrived while the last
-/// batch was being written goes in the next one.
-async fn complete_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(i64, i64)>) {
-    let metrics = shared.cfg.metrics.clone();
-    let client = shared.cfg.client.clone();
-    drop(shared);
+/// batch was being written goes in the next one. A batch with jobs that
+/// hold concurrency-key slots takes the keys' next jobs in the same
+/// statement (`commitq.complete_and_take`) and runs them on the slots their
+/// predecessors free: a key's jobs then follow one another without a claim,
+/// a NOTIFY or a wait for the next claim loop.
+async fn complete_batches(
+    shared: Weak<Shared>,
+    cfg: Arc<WorkerPoolBuilder>,
+    stopping: CancellationToken,
+    jobs: TaskTracker,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
     while let Some(first) = rx.recv().await {
-        let mut ids = vec![first.0];
-        let mut tokens = vec![first.1];
-        while ids.len() < 1000 {
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
             match rx.try_recv() {
-                Ok((id, token)) => {
-                    ids.push(id);
-                    tokens.push(token);
-                }
+                Ok(c) => batch.push(c),
                 Err(_) => break,
             }
         }
-        let result = async {
-            let conn = client.pool().get().await?;
-            let rows = conn
-                .query(
-                    "SELECT completed FROM commitq.complete_many($1, $2)",
-                    &[&ids, &tokens],
-                )
-                .await?;
-            Ok::<usize, Error>(rows.iter().filter(|r| r.get::<_, bool>(0)).count())
-        }
-        .await;
-        match result {
-            Ok(done) => {
-                metrics.add_completed(done as u64);
-                for _ in done..ids.len() {
-                    metrics.add_lost_lease();
-                }
-                if done < ids.len() {
-                    warn!(
-                        lost = ids.len() - done,
-                        "completions refused: lease lost before completing"
-                    );
-                }
-            }
+        let ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
+        let tokens: Vec<i64> = batch.iter().map(|c| c.lease_token).collect();
+        // Once the pool stops, nothing new is taken.
+        let take = batch.iter().any(|c| c.slot.is_some()) && !stopping.is_cancelled();
+        let result = if take {
+            complete_and_take(&cfg, &ids, &tokens).await
+        } else {
+            complete_many(&cfg, &ids, &tokens).await
+        };
+        let rows = match result {
+            Ok(rows) => rows,
             Err(e) => {
-                warn!(error = %e, jobs = ids.len(), "completing failed; the leases will expire and the jobs run again")
+                warn!(error = %e, jobs = ids.len(), "completing failed; the leases will expire and the jobs run again");
+                continue;
+            }
+        };
+        let done = rows.iter().filter(|(completed, _)| *completed).count();
+        cfg.metrics.add_completed(done as u64);
+        for _ in done..ids.len() {
+            cfg.metrics.add_lost_lease();
+        }
+        if done < ids.len() {
+            warn!(
+                lost = ids.len() - done,
+                "completions refused: lease lost before completing"
+            );
+        }
+        for (completion, (_, next)) in batch.into_iter().zip(rows) {
+            let Some(next) = next else { continue };
+            cfg.metrics.add_claimed(1);
+            let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
+            match (upgraded, completion.slot) {
+                (Some(shared), Some((permit, slots))) => {
+                    let waiting = Waiting::new(&slots.waiting);
+                    jobs.spawn(run_job(shared, next, permit, slots, waiting));
+                }
+                // The pool is stopping: give the job back unstarted.
+                _ => hand_back(&cfg, &next).await,
             }
         }
     }
+}
+
+/// Complete a batch; one `(completed, None)` per job, in order.
+async fn complete_many(
+    cfg: &WorkerPoolBuilder,
+    ids: &[i64],
+    tokens: &[i64],
+) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
+    let conn = cfg.client.pool().get().await?;
+    let rows = conn
+        .query(
+            "SELECT completed FROM commitq.complete_many($1, $2)",
+            &[&ids, &tokens],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), None)).collect())
+}
+
+/// Complete a batch and take the next jobs of the keys it frees; one
+/// `(completed, next job)` per job, in order.
+async fn complete_and_take(
+    cfg: &WorkerPoolBuilder,
+    ids: &[i64],
+    tokens: &[i64],
+) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
+    let conn = cfg.client.pool().get().await?;
+    let rows = conn
+        .query(
+            "SELECT t.completed, (t.next).job_id, (t.next).queue, (t.next).kind,
+                    (t.next).args, (t.next).attempt, (t.next).lease_token
+               FROM commitq.complete_and_take($1, $2, $3, make_interval(secs => $4)) t",
+            &[&ids, &tokens, &cfg.worker_id, &cfg.lease.as_secs_f64()],
+        )
+        .await?;
+    let claimed_at = Instant::now();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let next = r.get::<_, Option<i64>>(1).map(|job_id| Claimed {
+                job_id,
+                queue: r.get(2),
+                kind: r.get(3),
+                args: r.get(4),
+                attempt: r.get(5),
+                lease_token: r.get(6),
+                keyed: true,
+                claimed_at,
+            });
+            (r.get(0), next)
+        })
+        .collect())
 }
 
 /// Keep a LISTEN connection for the pool's queues, reconnecting when it

@@ -41,7 +41,8 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/lease.sql",
     name = "lease",
-    requires = ["internal"]
+    // complete_and_take returns commitq.claimed_job
+    requires = ["claim"]
 );
 extension_sql_file!(
     "../../sql/operator.sql",

@@ -88,6 +88,16 @@ const CALLS: &[Call] = &[
         &[],
     ),
     (
+        "complete_and_take",
+        &[
+            ("ARRAY[1]", "bigint[]"),
+            ("ARRAY[1]", "bigint[]"),
+            ("'w'", "text"),
+            ("'1 minute'", "interval"),
+        ],
+        &[],
+    ),
+    (
         "fail",
         &[
             ("1", "bigint"),

@@ -70,12 +70,17 @@ async fn enqueue_jobs(client: &Client, jobs: i64, accounts: i64, keyed: bool) {
 }
 
 /// Run the queue with `handlers` handlers until `jobs` jobs completed; each
-/// handler marks its account busy for about a millisecond.
-async fn run_pool(client: &Client, handlers: usize, jobs: i64) -> Arc<Observed> {
+/// handler marks its account busy for about a millisecond. With `prefetch`,
+/// four claim loops take batches of 50 ahead of free handlers.
+async fn run_pool(client: &Client, handlers: usize, jobs: i64, prefetch: usize) -> Arc<Observed> {
     let observed = Arc::new(Observed::default());
     let seen = observed.clone();
+    let tuning = if prefetch > 0 { (50, 4) } else { (10, 1) };
     let pool = WorkerPool::builder(client.clone())
         .queue("accounts", handlers)
+        .batch(tuning.0)
+        .claimers(tuning.1)
+        .prefetch(prefetch)
         .poll_interval(Duration::from_millis(5))
         .handle(move |_ctx, job: Touch| {
             let seen = seen.clone();
@@ -141,7 +146,7 @@ async fn sixteen_handlers_two_hundred_keys_never_overlap() {
     // Control: the same workload without keys overlaps, so the detector works.
     enqueue_jobs(&client, 4_000, 200, false).await;
     let started = Instant::now();
-    let control = run_pool(&client, 16, 4_000).await;
+    let control = run_pool(&client, 16, 4_000, 0).await;
     eprintln!(
         "4000 jobs without keys in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -153,7 +158,7 @@ async fn sixteen_handlers_two_hundred_keys_never_overlap() {
 
     enqueue_jobs(&client, JOBS, 200, true).await;
     let started = Instant::now();
-    let keyed = run_pool(&client, 16, JOBS).await;
+    let keyed = run_pool(&client, 16, JOBS, 0).await;
     let elapsed = started.elapsed();
     assert_eq!(
         keyed.overlaps.load(Ordering::SeqCst),
@@ -183,6 +188,27 @@ async fn sixteen_handlers_two_hundred_keys_never_overlap() {
     );
 }
 
+/// Prefetched keyed jobs wait in the pool holding their keys' slots; their
+/// completions pass the slots straight on (complete_and_take), and still no
+/// two jobs of a key overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefetching_claimers_pass_key_slots_on_without_overlap() {
+    let db = TestDb::new("t_ckeys_prefetch").await;
+    let client = Client::connect(&db.url).await.unwrap();
+    const JOBS: i64 = 6_000;
+    enqueue_jobs(&client, JOBS, 50, true).await;
+    let keyed = run_pool(&client, 16, JOBS, 100).await;
+    assert_eq!(keyed.overlaps.load(Ordering::SeqCst), 0);
+    assert_eq!(keyed.max_at_once.load(Ordering::SeqCst), 1);
+    assert_eq!(keyed.runs.load(Ordering::SeqCst), JOBS, "each job ran once");
+    for sql in [
+        "SELECT count(*) FROM commitq.jobs",
+        "SELECT coalesce(sum(running), 0)::bigint FROM commitq.concurrency_keys",
+    ] {
+        assert_eq!(scalar(&client, sql).await, 0, "{sql}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prefix_limit_lets_that_many_run_at_once() {
     let db = TestDb::new("t_ckeys_limit").await;
@@ -197,7 +223,7 @@ async fn a_prefix_limit_lets_that_many_run_at_once() {
     // 300 jobs of two accounts: at most 3 of each at once, and the pool has
     // the handlers to run more.
     enqueue_jobs(&client, 300, 2, true).await;
-    let observed = run_pool(&client, 16, 300).await;
+    let observed = run_pool(&client, 16, 300, 0).await;
     let most = observed.max_at_once.load(Ordering::SeqCst);
     assert!(most <= 3, "{most} jobs of one account ran at once");
     assert!(most >= 2, "the limit of 3 was used ({most} at most)");
@@ -212,7 +238,7 @@ async fn a_prefix_limit_lets_that_many_run_at_once() {
         .await
         .unwrap();
     enqueue_jobs(&client, 100, 2, true).await;
-    let observed = run_pool(&client, 16, 100).await;
+    let observed = run_pool(&client, 16, 100, 0).await;
     assert_eq!(observed.max_at_once.load(Ordering::SeqCst), 1);
 }
 
@@ -336,4 +362,188 @@ async fn a_handed_over_slot_keeps_its_turn_and_passes_on_when_cancelled() {
     let rows = c.query(claim, &[&"w3"]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, i64>(0), last, "the key is free again");
+}
+
+/// complete_and_take passes a key's slot from a completed job straight to
+/// the key's next job: claimed for the completing worker when it is in the
+/// same queue, handed over (available, holding the slot) when it is not;
+/// a completion refused for its lease takes nothing; with a limit of 2 each
+/// completed job gets its own successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_and_take_passes_the_slot_to_the_next_job_of_the_key() {
+    let db = TestDb::new("t_ckeys_take").await;
+    let c = db.connect().await;
+    let enqueue = "SELECT job_id FROM commitq.enqueue($1, 'touch', '{}', concurrency_key => $2)";
+    let claim = "SELECT job_id, lease_token FROM commitq.claim($1, $2, 10)";
+    let take = "SELECT job_id, completed, (next).job_id, (next).attempt, (next).lease_token,
+                       (next).queue
+                  FROM commitq.complete_and_take($1, $2, 'w1', '30 seconds')";
+    let state = "SELECT state::text || CASE WHEN slot_held THEN ' holding' ELSE '' END
+                        || coalesce(' ' || worker, '')
+                   FROM commitq.jobs WHERE id = $1";
+    let running = "SELECT running::bigint FROM commitq.concurrency_keys WHERE key = $1";
+    let id = |q: &'static str, key: Option<&'static str>| {
+        let c = &c;
+        async move {
+            c.query_one(enqueue, &[&q, &key])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let a = id("accounts", Some("account:1")).await;
+    let b = id("accounts", Some("account:1")).await;
+    let other = id("other", Some("account:1")).await;
+    let plain = id("accounts", None).await;
+
+    // w1 runs a and the job without a key; b waits for account:1.
+    let rows = c.query(claim, &[&"accounts", &"w1"]).await.unwrap();
+    let claimed: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.contains_key(&a) && claimed.contains_key(&plain));
+    let s: String = c.query_one(state, &[&b]).await.unwrap().get(0);
+    assert_eq!(s, "blocked");
+
+    let ids = vec![plain, a];
+    let tokens = vec![claimed[&plain], claimed[&a]];
+    let rows = c.query(take, &[&ids, &tokens]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, i64>(0), plain);
+    assert!(rows[0].get::<_, bool>(1));
+    assert_eq!(
+        rows[0].get::<_, Option<i64>>(2),
+        None,
+        "no key, nothing taken"
+    );
+    assert_eq!(rows[1].get::<_, i64>(0), a);
+    assert!(rows[1].get::<_, bool>(1));
+    assert_eq!(
+        rows[1].get::<_, Option<i64>>(2),
+        Some(b),
+        "a's slot went to b"
+    );
+    assert_eq!(
+        rows[1].get::<_, Option<i32>>(3),
+        Some(1),
+        "b's first attempt"
+    );
+    let b_token: i64 = rows[1].get::<_, Option<i64>>(4).unwrap();
+    assert_eq!(
+        rows[1].get::<_, Option<String>>(5).as_deref(),
+        Some("accounts")
+    );
+    let s: String = c.query_one(state, &[&b]).await.unwrap().get(0);
+    assert_eq!(s, "running w1");
+    let live: bool = c
+        .query_one(
+            "SELECT lease_expires_at > now() + interval '20 seconds' FROM commitq.jobs WHERE id = $1",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(live, "b runs under the lease asked for");
+    assert_eq!(
+        c.query_one(running, &[&"account:1"])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1,
+        "one slot, passed on"
+    );
+    // b's lease is an ordinary one: heartbeats and fencing know it.
+    c.execute("SELECT commitq.assert_lease($1, $2)", &[&b, &b_token])
+        .await
+        .unwrap();
+
+    // The key's next job is in another queue: w1 does not serve it, so it is
+    // handed the slot and waits there for a claimer of its queue.
+    let rows = c.query(claim, &[&"other", &"w2"]).await.unwrap();
+    assert!(rows.is_empty(), "the key is busy");
+    let rows = c
+        .query(take, &[&vec![b, b], &vec![b_token + 1, b_token]])
+        .await
+        .unwrap();
+    let outcome: Vec<(i64, bool, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![(b, true, None), (b, true, None)],
+        "a job listed twice completes once"
+    );
+    let s: String = c.query_one(state, &[&other]).await.unwrap().get(0);
+    assert_eq!(s, "available holding");
+    let rows = c.query(claim, &[&"other", &"w2"]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let (o, o_token): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(o, other);
+
+    // A refused completion (stale token) takes nothing and changes nothing.
+    let blocked = id("other", Some("account:1")).await;
+    let rows = c.query(claim, &[&"other", &"w3"]).await.unwrap();
+    assert!(rows.is_empty(), "the key is busy");
+    let rows = c
+        .query(take, &[&vec![o], &vec![o_token + 7]])
+        .await
+        .unwrap();
+    assert!(!rows[0].get::<_, bool>(1));
+    assert_eq!(rows[0].get::<_, Option<i64>>(2), None);
+    let s: String = c.query_one(state, &[&blocked]).await.unwrap().get(0);
+    assert_eq!(s, "blocked", "the slot was not given up");
+    let s: String = c.query_one(state, &[&o]).await.unwrap().get(0);
+    assert_eq!(s, "running w2");
+
+    // Limit 2: two jobs complete, and each gets one successor, in order.
+    c.execute("SELECT commitq.set_concurrency_limit('pair:*', 2)", &[])
+        .await
+        .unwrap();
+    let mut pair = Vec::new();
+    for _ in 0..5 {
+        pair.push(id("pairs", Some("pair:1")).await);
+    }
+    let rows = c.query(claim, &[&"pairs", &"w1"]).await.unwrap();
+    let firsts: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(firsts.iter().map(|f| f.0).collect::<Vec<_>>(), pair[..2]);
+    // Listed in reverse: the first listed gets the first in claim order.
+    let rows = c
+        .query(
+            take,
+            &[
+                &vec![firsts[1].0, firsts[0].0],
+                &vec![firsts[1].1, firsts[0].1],
+            ],
+        )
+        .await
+        .unwrap();
+    let next: Vec<Option<i64>> = rows.iter().map(|r| r.get(2)).collect();
+    assert_eq!(next, vec![Some(pair[2]), Some(pair[3])]);
+    assert_eq!(
+        c.query_one(running, &[&"pair:1"])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+    let s: String = c.query_one(state, &[&pair[4]]).await.unwrap().get(0);
+    assert_eq!(s, "blocked", "the limit holds: the fifth still waits");
+
+    // Bad worker names and leases are refused before anything is done.
+    for (worker, lease) in [("", "30 seconds"), ("w1", "0 seconds"), ("w1", "8 days")] {
+        let e = c
+            .query(
+                "SELECT * FROM commitq.complete_and_take($1, $2, $3, $4::text::interval)",
+                &[&vec![pair[2]], &vec![0i64], &worker, &lease],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            commitq_tests::sqlstate(&e),
+            "CQ001",
+            "{worker:?} {lease}: {e}"
+        );
+    }
+    let s: String = c.query_one(state, &[&pair[2]]).await.unwrap().get(0);
+    assert_eq!(s, "running w1");
 }

@@ -43,6 +43,11 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         "SELECT * FROM commitq.complete_and_claim('{}', '{}', 'q', 'w', 1, '1 minute')",
     ),
     (
+        "complete_and_take",
+        &["worker"],
+        "SELECT * FROM commitq.complete_and_take('{}', '{}', 'w')",
+    ),
+    (
         "stop_waiting",
         &["worker"],
         "SELECT commitq.stop_waiting('q', 'w')",
@@ -457,6 +462,31 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
         .await
         .unwrap();
 
+    // A key's slot passed from one job straight to the next.
+    m.batch_execute(
+        "SELECT * FROM commitq.enqueue('q2', 'k', '{}', concurrency_key => 'solo:1');
+         SELECT * FROM commitq.enqueue('q2', 'k', '{}', concurrency_key => 'solo:1');",
+    )
+    .await
+    .unwrap();
+    let first = m
+        .query_one(
+            "SELECT job_id, lease_token FROM commitq.claim('q2', 'w', 10)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let take = "SELECT completed, (next).job_id, (next).lease_token
+                  FROM commitq.complete_and_take(ARRAY[$1::bigint], ARRAY[$2::bigint], 'w')";
+    let row = m
+        .query_one(take, &[&first.get::<_, i64>(0), &first.get::<_, i64>(1)])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    let (next, token): (i64, i64) = (row.get(1), row.get(2));
+    let row = m.query_one(take, &[&next, &token]).await.unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, Option<i64>>(1), None, "no third job");
     // Nothing of mallory's ran, and commitq's tables hold what they should.
     let hijacked: Vec<String> = m
         .query("SELECT what FROM mallory.log", &[])

@@ -186,6 +186,64 @@ pub async fn bulk_rate(c: &Client, sql: &str, jobs: usize) -> Outcome<f64> {
     Ok(rate)
 }
 
+/// Rows per statement of a parallel bulk enqueue.
+pub const BULK_CHUNK: usize = 1_000;
+
+/// `connections` connections insert `jobs` rows together, each statement
+/// (its own transaction) `BULK_CHUNK` rows given as an array of args in
+/// `$1`, as an import spread over a connection pool would; rows per second,
+/// from the first call to the last commit.
+pub async fn parallel_bulk_rate(
+    url: &str,
+    sql: &str,
+    jobs: usize,
+    connections: usize,
+) -> Outcome<f64> {
+    let chunks = jobs.div_ceil(BULK_CHUNK);
+    let next = Arc::new(AtomicU64::new(0));
+    let inserted = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..connections.max(1) {
+        let c = connect(url).await;
+        let stmt = c.prepare(sql).await.map_err(why(sql))?;
+        clients.push((c, stmt));
+    }
+    let args: Arc<Vec<serde_json::Value>> = Arc::new(vec![
+        serde_json::from_str(ARGS_40_BYTES)
+            .unwrap();
+        BULK_CHUNK
+    ]);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, stmt) in clients {
+        let (next, inserted, sql) = (next.clone(), inserted.clone(), sql.to_string());
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let chunk = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if chunk >= chunks {
+                    return Ok::<_, String>(());
+                }
+                let rows = BULK_CHUNK.min(jobs - chunk * BULK_CHUNK);
+                let n: i64 = c
+                    .query_one(&stmt, &[&&args[..rows]])
+                    .await
+                    .map_err(why(&sql))?
+                    .get(0);
+                inserted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(why("bulk task"))??;
+    }
+    let rate = jobs as f64 / start.elapsed().as_secs_f64();
+    match inserted.load(Ordering::Relaxed) as usize {
+        n if n == jobs => Ok(rate),
+        n => Err(format!("inserted {n} of {jobs}")),
+    }
+}
+
 /// `claimers` connections run `step` until it returns 0; jobs per second.
 /// Each connection prepares `sqls` once and hands them to every step, as a
 /// real worker would, so no step pays a parse round trip.

@@ -33,7 +33,8 @@ struct Args {
     /// Seconds for the single-enqueue and latency workloads.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Connections for the single-enqueue workload.
+    /// Connections for the single-enqueue workload and for the bulk
+    /// enqueues "in parallel".
     #[arg(long, default_value_t = 8)]
     clients: usize,
     /// Handlers (claimers, for SQL-level drains) of every system.
@@ -120,8 +121,15 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         .collect::<Vec<_>>()
     };
     let sql_drain = |how| System::Commitq(Commitq::Sql { batch: 100, how });
+    let bulk = enqueuers()
+        .into_iter()
+        .chain([
+            System::Raw(Raw::ParallelInsert),
+            System::Commitq(Commitq::ParallelFunctions),
+        ])
+        .collect();
     vec![
-        (Workload::Bulk, enqueuers()),
+        (Workload::Bulk, bulk),
         (
             Workload::Drain,
             [

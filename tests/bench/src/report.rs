@@ -328,7 +328,17 @@ impl Report {
             let _ = writeln!(out, "\n![benchmark chart]({chart})");
         }
         let raw_insert = ("vs raw INSERT", "raw INSERT");
-        self.rate_table(&mut out, Workload::Bulk, &[raw_insert]);
+        self.rate_table(
+            &mut out,
+            Workload::Bulk,
+            &[
+                raw_insert,
+                (
+                    "vs raw INSERT in parallel",
+                    crate::systems::raw::PARALLEL_INSERT,
+                ),
+            ],
+        );
         self.rate_table(
             &mut out,
             Workload::Drain,

@@ -36,6 +36,8 @@ pub enum Drain {
 pub enum Commitq {
     /// `enqueue` one job per transaction, `enqueue_many` in bulk.
     Functions,
+    /// `enqueue_many` of `BULK_CHUNK` jobs from `clients` connections at once.
+    ParallelFunctions,
     /// Claimers calling the SQL functions directly, `batch` jobs a claim.
     Sql { batch: i32, how: Drain },
     /// The crate's `WorkerPool` with no-op handlers, claiming up to
@@ -70,6 +72,10 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
         env!("CARGO_PKG_VERSION")
     ))
 }
+
+/// Enqueue the jobs whose args are `$1`; how many.
+const BULK_ENQUEUE: &str =
+    "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', $1::jsonb[])";
 
 async fn reset(c: &Client) -> Outcome<()> {
     common::run_each(
@@ -128,6 +134,9 @@ impl Commitq {
     pub fn name(&self) -> String {
         match self {
             Commitq::Functions => "commitq (enqueue, enqueue_many)".into(),
+            Commitq::ParallelFunctions => {
+                "commitq enqueue_many in parallel, 1,000 jobs a call".into()
+            }
             Commitq::Sql { batch, how } => match how {
                 Drain::ClaimThenComplete => format!("commitq SQL: claim {batch} + complete_many"),
                 Drain::CompleteAndClaim => format!("commitq SQL: complete_and_claim {batch}"),
@@ -162,11 +171,14 @@ impl Commitq {
         let c = connect(&url).await;
         reset(&c).await?;
         match (w, *self) {
+            (Workload::Bulk, Commitq::ParallelFunctions) => {
+                common::parallel_bulk_rate(&url, BULK_ENQUEUE, load.jobs, load.clients)
+                    .await
+                    .map(Sample::rate)
+            }
             (Workload::Bulk | Workload::Single, Commitq::Functions) => {
-                let bulk =
-                    "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop', $1::jsonb[])";
                 let single = "SELECT commitq.enqueue('bench', 'noop', '{args}')";
-                common::enqueue_rate(w, &c, &url, load, bulk, single).await
+                common::enqueue_rate(w, &c, &url, load, BULK_ENQUEUE, single).await
             }
             (Workload::Drain, Commitq::Sql { batch, how }) => {
                 fill(&c, load.jobs, Keys::None).await?;

@@ -21,6 +21,9 @@ pub enum Finish {
 pub enum Raw {
     /// Plain INSERTs: one row per transaction, or all rows in one statement.
     Insert,
+    /// The bulk INSERT in statements of `BULK_CHUNK` rows from `clients`
+    /// connections at once.
+    ParallelInsert,
     /// A drain claiming `batch` jobs at a time.
     Claim { batch: i64, finish: Finish },
 }
@@ -47,6 +50,16 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
     Ok("one table, a partial index over available jobs".into())
 }
 
+/// The name of the parallel bulk INSERT's row, which parallel rows of other
+/// systems are compared with.
+pub const PARALLEL_INSERT: &str = "raw INSERT in parallel, 1,000 rows a statement";
+
+/// Insert the jobs whose args are `$1`; how many.
+const BULK_INSERT: &str = "WITH i AS (INSERT INTO raw_jobs (queue, kind, args)
+                                      SELECT 'bench', 'noop', a FROM unnest($1::jsonb[]) a
+                                      RETURNING 1)
+                           SELECT count(*) FROM i";
+
 async fn reset(c: &tokio_postgres::Client) -> Outcome<()> {
     common::run_each(c, &["TRUNCATE raw_jobs", "VACUUM ANALYZE raw_jobs"]).await
 }
@@ -55,6 +68,7 @@ impl Raw {
     pub fn name(&self) -> String {
         match self {
             Raw::Insert => "raw INSERT".into(),
+            Raw::ParallelInsert => PARALLEL_INSERT.into(),
             Raw::Claim {
                 batch,
                 finish: Finish::Delete,
@@ -79,11 +93,13 @@ impl Raw {
         let c = connect(&url).await;
         reset(&c).await?;
         match (w, *self) {
+            (Workload::Bulk, Raw::ParallelInsert) => {
+                common::parallel_bulk_rate(&url, BULK_INSERT, load.jobs, load.clients)
+                    .await
+                    .map(Sample::rate)
+            }
             (Workload::Bulk | Workload::Single, Raw::Insert) => {
-                let bulk = "WITH i AS (INSERT INTO raw_jobs (queue, kind, args)
-                                       SELECT 'bench', 'noop', a FROM unnest($1::jsonb[]) a
-                                       RETURNING 1)
-                            SELECT count(*) FROM i";
+                let bulk = BULK_INSERT;
                 let single =
                     "INSERT INTO raw_jobs (queue, kind, args) VALUES ('bench', 'noop', '{args}')";
                 common::enqueue_rate(w, &c, &url, load, bulk, single).await
