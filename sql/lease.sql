@@ -134,6 +134,14 @@ BEGIN
     SELECT * INTO r FROM commitq._complete_leased(
         complete_and_take.job_ids, complete_and_take.lease_tokens,
         complete_and_take.worker, complete_and_take.lease);
+    IF r.taken IS NULL THEN
+        -- The common case: no job of the keys was waiting.
+        RETURN QUERY
+            SELECT t.id, t.id = ANY (r.done), NULL::commitq.claimed_job
+              FROM unnest(complete_and_take.job_ids) WITH ORDINALITY AS t(id, ord)
+             ORDER BY t.ord;
+        RETURN;
+    END IF;
     -- The k-th completed job of a key and queue (in input order) gets the
     -- k-th job taken for that key and queue (in claim order): more than one
     -- only where a key's limit is above 1.

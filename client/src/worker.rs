@@ -305,11 +305,9 @@ struct Claimed {
 struct Completion {
     job_id: i64,
     lease_token: i64,
-    /// For a job with a concurrency key: its claim slot, and its queue's
-    /// slots. The claim slot is kept until the completion commits, since
-    /// only then is the key's slot free; and if the completion takes the
-    /// key's next job (`commitq.complete_and_take`), that job inherits it.
-    slot: Option<(OwnedSemaphorePermit, Slots)>,
+    /// For a job with a concurrency key: its queue's slots, where the key's
+    /// next job runs if the completion takes it (`commitq.complete_and_take`).
+    next_runs_on: Option<Slots>,
 }
 
 impl WorkerPool {
@@ -520,7 +518,13 @@ async fn claim_loop(
         cfg.metrics.add_claimed(claimed.len() as u64);
         for (job, permit) in claimed.into_iter().zip(permits) {
             let waiting = Waiting::new(&all.waiting);
-            jobs.spawn(run_job(shared.clone(), job, permit, all.clone(), waiting));
+            jobs.spawn(run_job(
+                shared.clone(),
+                job,
+                Some(permit),
+                all.clone(),
+                waiting,
+            ));
         }
     }
 }
@@ -587,7 +591,7 @@ async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Cla
 async fn run_job(
     shared: Arc<Shared>,
     job: Claimed,
-    claimed: OwnedSemaphorePermit,
+    claimed: Option<OwnedSemaphorePermit>,
     slots: Slots,
     waiting: Waiting,
 ) {
@@ -605,12 +609,22 @@ async fn run_job(
             cancel.clone(),
             lost.clone(),
         ));
-        // Without prefetch a slot is always free here. A job still waiting
-        // when the pool stops is handed back unstarted; one whose lease was
-        // lost meanwhile belongs to someone else now.
-        let _running = tokio::select! {
+        // A job taken by a completion (no claim slot yet) waits for a claim
+        // slot like the claim loops do, then for a handler slot; without
+        // prefetch a claimed job finds a handler slot free. A job still
+        // waiting when the pool stops is handed back unstarted; one whose
+        // lease was lost meanwhile belongs to someone else now.
+        let slots_free = async {
+            let claimed = match claimed {
+                Some(p) => p,
+                None => slots.claim.clone().acquire_owned().await.expect("semaphore never closed"),
+            };
+            let running = slots.run.clone().acquire_owned().await.expect("semaphore never closed");
+            (claimed, running)
+        };
+        let _slots = tokio::select! {
             biased;
-            p = slots.run.clone().acquire_owned() => p.expect("semaphore never closed"),
+            p = slots_free => p,
             _ = shared.stopping.cancelled() => {
                 heartbeat.abort();
                 drop(waiting);
@@ -683,7 +697,7 @@ async fn run_job(
                     let _ = shared.completions.send(Completion {
                         job_id: job.job_id,
                         lease_token: job.lease_token,
-                        slot: job.keyed.then_some((claimed, slots)),
+                        next_runs_on: job.keyed.then_some(slots),
                     });
                 }
             }
@@ -802,7 +816,9 @@ async fn hand_back(cfg: &WorkerPoolBuilder, job: &Claimed) {
 /// hold concurrency-key slots takes the keys' next jobs in the same
 /// statement (`commitq.complete_and_take`) and runs them on the slots their
 /// predecessors free: a key's jobs then follow one another without a claim,
-/// a NOTIFY or a wait for the next claim loop.
+/// a NOTIFY or a wait for the next claim loop. (One batch at a time: with
+/// two or four in flight, the batches were smaller and both the keyed and
+/// the plain drains slower, by more commits.)
 async fn complete_batches(
     shared: Weak<Shared>,
     cfg: Arc<WorkerPoolBuilder>,
@@ -818,45 +834,56 @@ async fn complete_batches(
                 Err(_) => break,
             }
         }
-        let ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
-        let tokens: Vec<i64> = batch.iter().map(|c| c.lease_token).collect();
-        // Once the pool stops, nothing new is taken.
-        let take = batch.iter().any(|c| c.slot.is_some()) && !stopping.is_cancelled();
-        let result = if take {
-            complete_and_take(&cfg, &ids, &tokens).await
-        } else {
-            complete_many(&cfg, &ids, &tokens).await
-        };
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(e) => {
-                warn!(error = %e, jobs = ids.len(), "completing failed; the leases will expire and the jobs run again");
-                continue;
-            }
-        };
-        let done = rows.iter().filter(|(completed, _)| *completed).count();
-        cfg.metrics.add_completed(done as u64);
-        for _ in done..ids.len() {
-            cfg.metrics.add_lost_lease();
+        complete_batch(&shared, &cfg, &stopping, &jobs, batch).await;
+    }
+}
+
+/// Write one batch of completions and start the jobs it took.
+async fn complete_batch(
+    shared: &Weak<Shared>,
+    cfg: &WorkerPoolBuilder,
+    stopping: &CancellationToken,
+    jobs: &TaskTracker,
+    batch: Vec<Completion>,
+) {
+    let ids: Vec<i64> = batch.iter().map(|c| c.job_id).collect();
+    let tokens: Vec<i64> = batch.iter().map(|c| c.lease_token).collect();
+    // Once the pool stops, nothing new is taken.
+    let take = batch.iter().any(|c| c.next_runs_on.is_some()) && !stopping.is_cancelled();
+    let result = if take {
+        complete_and_take(cfg, &ids, &tokens).await
+    } else {
+        complete_many(cfg, &ids, &tokens).await
+    };
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            warn!(error = %e, jobs = ids.len(), "completing failed; the leases will expire and the jobs run again");
+            return;
         }
-        if done < ids.len() {
-            warn!(
-                lost = ids.len() - done,
-                "completions refused: lease lost before completing"
-            );
-        }
-        for (completion, (_, next)) in batch.into_iter().zip(rows) {
-            let Some(next) = next else { continue };
-            cfg.metrics.add_claimed(1);
-            let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
-            match (upgraded, completion.slot) {
-                (Some(shared), Some((permit, slots))) => {
-                    let waiting = Waiting::new(&slots.waiting);
-                    jobs.spawn(run_job(shared, next, permit, slots, waiting));
-                }
-                // The pool is stopping: give the job back unstarted.
-                _ => hand_back(&cfg, &next).await,
+    };
+    let done = rows.iter().filter(|(completed, _)| *completed).count();
+    cfg.metrics.add_completed(done as u64);
+    for _ in done..ids.len() {
+        cfg.metrics.add_lost_lease();
+    }
+    if done < ids.len() {
+        warn!(
+            lost = ids.len() - done,
+            "completions refused: lease lost before completing"
+        );
+    }
+    for (completion, (_, next)) in batch.into_iter().zip(rows) {
+        let Some(next) = next else { continue };
+        cfg.metrics.add_claimed(1);
+        let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
+        match (upgraded, completion.next_runs_on) {
+            (Some(shared), Some(slots)) => {
+                let waiting = Waiting::new(&slots.waiting);
+                jobs.spawn(run_job(shared, next, None, slots, waiting));
             }
+            // The pool is stopping: give the job back unstarted.
+            _ => hand_back(cfg, &next).await,
         }
     }
 }
