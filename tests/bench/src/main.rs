@@ -33,8 +33,7 @@ struct Args {
     /// Seconds for the single-enqueue and latency workloads.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Connections for the single-enqueue workload and for the bulk
-    /// enqueues "in parallel".
+    /// Connections for the single-enqueue workload.
     #[arg(long, default_value_t = 8)]
     clients: usize,
     /// Handlers (claimers, for SQL-level drains) of every system.

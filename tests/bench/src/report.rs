@@ -334,7 +334,7 @@ impl Report {
             &[
                 raw_insert,
                 (
-                    "vs raw INSERT in parallel",
+                    "vs raw INSERT per core",
                     crate::systems::raw::PARALLEL_INSERT,
                 ),
             ],

@@ -36,7 +36,7 @@ pub enum Drain {
 pub enum Commitq {
     /// `enqueue` one job per transaction, `enqueue_many` in bulk.
     Functions,
-    /// `enqueue_many` of `BULK_CHUNK` jobs from `clients` connections at once.
+    /// `enqueue_many` of `BULK_CHUNK` jobs from one connection per core at once.
     ParallelFunctions,
     /// Claimers calling the SQL functions directly, `batch` jobs a claim.
     Sql { batch: i32, how: Drain },
@@ -135,7 +135,7 @@ impl Commitq {
         match self {
             Commitq::Functions => "commitq (enqueue, enqueue_many)".into(),
             Commitq::ParallelFunctions => {
-                "commitq enqueue_many in parallel, 1,000 jobs a call".into()
+                "commitq enqueue_many, a connection per core, 5,000 jobs a call".into()
             }
             Commitq::Sql { batch, how } => match how {
                 Drain::ClaimThenComplete => format!("commitq SQL: claim {batch} + complete_many"),
@@ -172,7 +172,7 @@ impl Commitq {
         reset(&c).await?;
         match (w, *self) {
             (Workload::Bulk, Commitq::ParallelFunctions) => {
-                common::parallel_bulk_rate(&url, BULK_ENQUEUE, load.jobs, load.clients)
+                common::parallel_bulk_rate(&url, BULK_ENQUEUE, load.jobs)
                     .await
                     .map(Sample::rate)
             }

@@ -21,8 +21,8 @@ pub enum Finish {
 pub enum Raw {
     /// Plain INSERTs: one row per transaction, or all rows in one statement.
     Insert,
-    /// The bulk INSERT in statements of `BULK_CHUNK` rows from `clients`
-    /// connections at once.
+    /// The bulk INSERT in statements of `BULK_CHUNK` rows from one
+    /// connection per core at once.
     ParallelInsert,
     /// A drain claiming `batch` jobs at a time.
     Claim { batch: i64, finish: Finish },
@@ -52,7 +52,7 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
 
 /// The name of the parallel bulk INSERT's row, which parallel rows of other
 /// systems are compared with.
-pub const PARALLEL_INSERT: &str = "raw INSERT in parallel, 1,000 rows a statement";
+pub const PARALLEL_INSERT: &str = "raw INSERT, a connection per core, 5,000 rows a statement";
 
 /// Insert the jobs whose args are `$1`; how many.
 const BULK_INSERT: &str = "WITH i AS (INSERT INTO raw_jobs (queue, kind, args)
@@ -94,7 +94,7 @@ impl Raw {
         reset(&c).await?;
         match (w, *self) {
             (Workload::Bulk, Raw::ParallelInsert) => {
-                common::parallel_bulk_rate(&url, BULK_INSERT, load.jobs, load.clients)
+                common::parallel_bulk_rate(&url, BULK_INSERT, load.jobs)
                     .await
                     .map(Sample::rate)
             }
