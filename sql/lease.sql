@@ -18,16 +18,11 @@ CREATE FUNCTION commitq._complete_leased(
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_keys text[];
-    v_queues text[];
 BEGIN
     IF (SELECT c.keep_completed FROM commitq.config c) THEN
         -- Lock in id order so that two overlapping batches cannot deadlock.
-        SELECT coalesce(array_agg(l.id), '{}'), array_agg(l.concurrency_key), array_agg(l.queue),
-               array_agg(l.concurrency_key) FILTER (WHERE l.concurrency_key IS NOT NULL),
-               array_agg(l.queue) FILTER (WHERE l.concurrency_key IS NOT NULL)
-          INTO done, done_keys, done_queues, v_keys, v_queues
+        SELECT coalesce(array_agg(l.id), '{}'), array_agg(l.concurrency_key), array_agg(l.queue)
+          INTO done, done_keys, done_queues
           FROM (SELECT j.id, j.concurrency_key, j.queue
                   FROM commitq.jobs j
                  WHERE j.id = ANY (p_ids)
@@ -49,14 +44,14 @@ BEGIN
             RETURNING j.id, j.concurrency_key, j.queue
         )
         SELECT coalesce(array_agg(gone.id), '{}'), array_agg(gone.concurrency_key),
-               array_agg(gone.queue),
-               array_agg(gone.concurrency_key) FILTER (WHERE gone.concurrency_key IS NOT NULL),
-               array_agg(gone.queue) FILTER (WHERE gone.concurrency_key IS NOT NULL)
-          INTO done, done_keys, done_queues, v_keys, v_queues
+               array_agg(gone.queue)
+          INTO done, done_keys, done_queues
           FROM gone;
     END IF;
-    IF v_keys IS NOT NULL THEN
-        taken := commitq._release_keys(v_keys, v_queues, p_worker, p_lease);
+    -- Only when some job had a key (_release_keys ignores the NULLs of the
+    -- others): most completions skip the call.
+    IF array_remove(done_keys, NULL) <> '{}' THEN
+        taken := commitq._release_keys(done_keys, done_queues, p_worker, p_lease);
     END IF;
 END
 $$;
