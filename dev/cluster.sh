@@ -93,7 +93,10 @@ start() {
     fi
     [ -f "$data/PG_VERSION" ] || init
     # A server killed without a clean stop leaves its pid file; pg_ctl copes.
-    run_as_owner "$bindir/pg_ctl" -D "$data" -l "$log" -o "-p $port" -w -t 60 start >/dev/null
+    # Without the developer's RUST_BACKTRACE: the server would add a Rust
+    # backtrace to the DETAIL of errors that pass through the extension's
+    # Rust code, which no production server does.
+    run_as_owner env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$bindir/pg_ctl" -D "$data" -l "$log" -o "-p $port" -w -t 60 start >/dev/null
     say "started on port $port, socket $sock"
 }
 

@@ -7,6 +7,12 @@
 -- nothing and return that job with inserted = false. With after_xact (a
 -- pg_current_xact_id() of another connection's transaction) the job waits
 -- until that transaction commits, and is cancelled if it aborts.
+--
+-- In C (extension/src/enqueue.rs): it is the hot path of every producer. A
+-- job without an idempotency key or after_xact is checked and inserted there
+-- by one prepared statement; the others go to commitq._enqueue_keyed below.
+-- It has no SET search_path because it resolves nothing on the path: its
+-- statements schema-qualify every name, operators included (see enqueue.rs).
 CREATE FUNCTION commitq.enqueue(
     queue text,
     kind text,
@@ -19,55 +25,63 @@ CREATE FUNCTION commitq.enqueue(
     after_xact xid8 DEFAULT NULL,
     OUT job_id bigint,
     OUT inserted boolean)
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE c VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'commitq_enqueue';
+
+-- commitq.enqueue of a job with an idempotency key or after_xact; called by
+-- it (and by enqueue_many) as the extension's owner, so not granted. The
+-- callers have checked the job.
+CREATE FUNCTION commitq._enqueue_keyed(
+    queue text,
+    kind text,
+    args jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer,
+    idempotency_key text,
+    concurrency_key text,
+    after_xact xid8,
+    OUT job_id bigint,
+    OUT inserted boolean)
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_run_at timestamptz := coalesce(enqueue.run_at, now());
+    v_run_at timestamptz := coalesce(_enqueue_keyed.run_at, now());
     v_window interval;
-    v_problem text;
     v_wake boolean;
     v_gated boolean := false;
 BEGIN
-    -- This is the hot path of every producer: the checks are one C call and
-    -- an inline RAISE, and commitq.config is read only when a key needs it.
-    v_problem := commitq._job_problem(
-        enqueue.queue, enqueue.kind, jsonb_typeof(enqueue.args), pg_column_size(enqueue.args),
-        enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
-        enqueue.idempotency_key, enqueue.concurrency_key);
-    IF v_problem IS NOT NULL THEN
-        RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
-    END IF;
-    IF enqueue.after_xact IS NOT NULL THEN
+    IF _enqueue_keyed.after_xact IS NOT NULL THEN
         -- Raises for a transaction id from the future; a gated job waits in
         -- 'scheduled' until claim or maintain sees its transaction commit.
-        PERFORM pg_xact_status(enqueue.after_xact);
+        PERFORM pg_xact_status(_enqueue_keyed.after_xact);
         v_gated := true;
     END IF;
 
-    enqueue.inserted := true;
-    IF enqueue.idempotency_key IS NOT NULL THEN
+    _enqueue_keyed.inserted := true;
+    IF _enqueue_keyed.idempotency_key IS NOT NULL THEN
         SELECT c.idempotency_window INTO v_window FROM commitq.config c;
-        enqueue.job_id := nextval('commitq.job_id_seq');
+        _enqueue_keyed.job_id := nextval('commitq.job_id_seq');
         LOOP
             -- The primary key of idempotency_keys decides. A concurrent enqueue
             -- of the same key waits here until the other transaction commits
             -- (we return its job) or rolls back (we insert). A key whose job has
             -- finished and whose window has passed is taken over.
             INSERT INTO commitq.idempotency_keys AS k (queue, key, job_id)
-            VALUES (enqueue.queue, enqueue.idempotency_key, enqueue.job_id)
+            VALUES (_enqueue_keyed.queue, _enqueue_keyed.idempotency_key, _enqueue_keyed.job_id)
             ON CONFLICT (queue, key) DO UPDATE
                SET job_id = excluded.job_id, created_at = excluded.created_at
              WHERE k.created_at < now() - v_window
                AND NOT EXISTS (SELECT 1 FROM commitq.jobs j WHERE j.id = k.job_id);
             EXIT WHEN FOUND;
 
-            SELECT k.job_id INTO enqueue.job_id
+            SELECT k.job_id INTO _enqueue_keyed.job_id
               FROM commitq.idempotency_keys k
-             WHERE k.queue = enqueue.queue AND k.key = enqueue.idempotency_key;
+             WHERE k.queue = _enqueue_keyed.queue AND k.key = _enqueue_keyed.idempotency_key;
             IF FOUND THEN
-                enqueue.inserted := false;
+                _enqueue_keyed.inserted := false;
                 RETURN;
             END IF;
             -- maintain() pruned the key between the two statements: go again.
@@ -78,19 +92,19 @@ BEGIN
     -- common path is a single statement.
     INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
                                    idempotency_key, concurrency_key, after_xact)
-    VALUES (coalesce(enqueue.job_id, nextval('commitq.job_id_seq')), enqueue.queue, enqueue.kind,
-            enqueue.args,
+    VALUES (coalesce(_enqueue_keyed.job_id, nextval('commitq.job_id_seq')),
+            _enqueue_keyed.queue, _enqueue_keyed.kind, _enqueue_keyed.args,
             CASE WHEN v_run_at > now() OR v_gated THEN 'scheduled' ELSE 'available' END::commitq.job_state,
-            enqueue.priority, v_run_at, enqueue.max_attempts,
-            enqueue.idempotency_key, enqueue.concurrency_key, enqueue.after_xact)
+            _enqueue_keyed.priority, v_run_at, _enqueue_keyed.max_attempts,
+            _enqueue_keyed.idempotency_key, _enqueue_keyed.concurrency_key, _enqueue_keyed.after_xact)
     RETURNING j.id,
               v_run_at <= now() AND NOT v_gated
-              AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = enqueue.queue)
-         INTO enqueue.job_id, v_wake;
+              AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = _enqueue_keyed.queue)
+         INTO _enqueue_keyed.job_id, v_wake;
 
     -- What commitq._wake does, inlined for the hot path.
     IF v_wake THEN
-        PERFORM pg_notify('commitq:' || enqueue.queue, '');
+        PERFORM pg_notify('commitq:' || _enqueue_keyed.queue, '');
     END IF;
 END
 $$;
@@ -153,7 +167,7 @@ BEGIN
              WHERE t.ik IS NOT NULL
              ORDER BY t.ord
         LOOP
-            SELECT * INTO e FROM commitq.enqueue(r.q, r.k, r.a, r.p, r.r, r.m, r.ik, r.ck);
+            SELECT * INTO e FROM commitq._enqueue_keyed(r.q, r.k, r.a, r.p, r.r, r.m, r.ik, r.ck, NULL);
             v_ords := v_ords || r.ord;
             v_ids := v_ids || e.job_id;
             v_inserted := v_inserted || e.inserted;

@@ -5,8 +5,10 @@
 --   commitq_worker    claim jobs and report on them (and run maintain)
 --   commitq_operator  both of the above, cancel and retry, and read every table
 --
--- The public functions are SECURITY DEFINER with a pinned search_path, so
--- producers and workers need no rights on the tables themselves.
+-- The public functions are SECURITY DEFINER, so producers and workers need no
+-- rights on the tables themselves. Those in SQL and PL/pgSQL pin their
+-- search_path; commitq.enqueue, in C, resolves nothing on the path (see
+-- sql/enqueue.sql).
 -- Roles belong to the cluster, not the database, so a second database that
 -- installs commitq reuses them.
 

@@ -6,6 +6,7 @@
 
 use pgrx::prelude::*;
 
+mod enqueue;
 mod settings;
 mod validate;
 

@@ -302,6 +302,43 @@ async fn calling_every_function_as_every_role_matches_the_matrix() {
     }
 }
 
+/// A SECURITY DEFINER function runs with the owner's rights whatever the
+/// caller's search_path says, so each pins its own; the one exception is C
+/// code (commitq.enqueue), whose statements qualify every name and which the
+/// look-alike test below covers.
+#[tokio::test]
+async fn every_security_definer_function_pins_its_search_path() {
+    let db = TestDb::new("t_sec_pinned").await;
+    let c = db.connect().await;
+    let rows = c
+        .query(
+            "SELECT p.oid::regprocedure::text, l.lanname::text,
+                    coalesce(p.proconfig::text[] @> ARRAY['search_path=pg_catalog, pg_temp'], false)
+               FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+              WHERE p.pronamespace = 'commitq'::regnamespace AND p.prosecdef",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() > 20, "{} SECURITY DEFINER functions", rows.len());
+    let unpinned: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) != "c" && !r.get::<_, bool>(2))
+        .map(|r| r.get(0))
+        .collect();
+    assert!(unpinned.is_empty(), "no pinned search_path: {unpinned:?}");
+    let c_functions: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "c")
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        c_functions,
+        ["commitq.enqueue(text,text,jsonb,integer,timestamp with time zone,integer,text,text,xid8)"],
+        "C code reviewed for names resolved on the path"
+    );
+}
+
 /// A user planted look-alikes of everything commitq's SQL uses without a
 /// schema (pg_catalog functions and operators, tables by commitq's names in
 /// their own schema and as temp tables) and calls every public function:
@@ -328,7 +365,9 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
          CREATE FUNCTION mallory.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
          CREATE OPERATOR mallory.= (LEFTARG = text, RIGHTARG = text, FUNCTION = mallory.texteq_evil);
          CREATE FUNCTION mallory.int8lt_evil(bigint, bigint) RETURNS boolean LANGUAGE sql AS $$ SELECT false $$;
-         CREATE OPERATOR mallory.< (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = mallory.int8lt_evil);",
+         CREATE OPERATOR mallory.< (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = mallory.int8lt_evil);
+         CREATE FUNCTION mallory.tsgt_evil(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+         CREATE OPERATOR mallory.> (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = mallory.tsgt_evil);",
     );
     // Functions commitq calls, each shadowed by one that leaves a trace.
     for (name, args, returns, value) in [
@@ -487,6 +526,22 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
     let row = m.query_one(take, &[&next, &token]).await.unwrap();
     assert!(row.get::<_, bool>(0));
     assert_eq!(row.get::<_, Option<i64>>(1), None, "no third job");
+    // A worker waits on q3, so an enqueue there also sends its NOTIFY.
+    m.batch_execute(
+        "SELECT * FROM commitq.claim('q3', 'w');
+         SELECT * FROM commitq.enqueue('q3', 'k', '{}');",
+    )
+    .await
+    .unwrap();
+    let state: String = admin
+        .query_one(
+            "SELECT state::text FROM commitq.jobs WHERE queue = 'q3'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "available", "run_at compared by the real clock");
     // Nothing of mallory's ran, and commitq's tables hold what they should.
     let hijacked: Vec<String> = m
         .query("SELECT what FROM mallory.log", &[])
@@ -509,7 +564,7 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
         .await
         .unwrap();
     let counts: Vec<i64> = (0..6).map(|i| row.get(i)).collect();
-    // Live: the failed job, retried; cancelled: the snoozed one; one key,
-    // one limit, one lease.
-    assert_eq!(counts, vec![1, 0, 1, 1, 1, 1]);
+    // Live: the failed job, retried, and q3's; cancelled: the snoozed one;
+    // one key, one limit, one lease.
+    assert_eq!(counts, vec![2, 0, 1, 1, 1, 1]);
 }
