@@ -8,32 +8,11 @@
 --   CQ103  lease expired: the token is current but its lease ran out
 --   CQ104  invalid state for an operator action
 
--- Raise CQ001 when the message is not NULL.
+-- Raise CQ001 when the message is not NULL. In C (extension/src/checks.rs),
+-- as are the _..._problem checks: every claim and completion calls them.
 CREATE FUNCTION commitq._check(problem text) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION 'commitq: %', problem USING ERRCODE = 'CQ001';
-    END IF;
-END
-$$;
-
--- What is wrong with the worker name and lease interval of a claim, or NULL.
-CREATE FUNCTION commitq._worker_lease_problem(p_worker text, p_lease interval) RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE
-        WHEN p_worker IS NULL THEN 'worker must not be NULL'
-        WHEN pg_catalog.length(p_worker) NOT BETWEEN 1 AND 200
-            THEN 'worker must be 1 to 200 characters'
-        WHEN p_lease IS NULL OR p_lease < interval '1 second' OR p_lease > interval '7 days'
-            THEN pg_catalog.format('lease %s out of range 1 second..7 days',
-                                   coalesce(p_lease::text, 'NULL'))
-    END
-$$;
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'commitq_check';
 
 -- Raise the right lease error for a call that presented (job_id, lease_token)
 -- and did not match a running job under a live lease.

@@ -56,18 +56,6 @@ BEGIN
 END
 $$;
 
--- What is wrong with a batch of (job_id, lease_token) pairs, or NULL.
-CREATE FUNCTION commitq._batch_problem(p_ids bigint[], p_tokens bigint[])
-RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE
-        WHEN p_ids IS NULL OR p_tokens IS NULL THEN 'job_ids and lease_tokens must not be NULL'
-        WHEN cardinality(p_ids) <> cardinality(p_tokens) THEN 'job_ids and lease_tokens must have the same length'
-    END
-$$;
-
 -- Finish a job successfully. Call it in the transaction that makes the job's
 -- own database writes: they commit together, or neither does.
 CREATE FUNCTION commitq.complete(job_id bigint, lease_token bigint)

@@ -17,12 +17,13 @@
 //! look-alikes of all of them and checks that enqueue is unmoved.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::CStr;
 use std::ptr;
 
 use pgrx::prelude::*;
 use pgrx::{pg_getarg, pg_getarg_datum_raw, pg_sys, IntoDatum};
 
+use crate::checks::raise_cq001;
 use crate::validate::job_problem;
 
 /// The common job: insert it, and say whether a worker waits for the queue
@@ -112,27 +113,31 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             let t = run_at.value() as i64;
             t != i64::MIN && t != i64::MAX
         };
-        let (args_type, args_bytes) = match args {
-            None => (None, None),
-            Some(d) => (
-                Some(jsonb_type(d)),
-                Some(pg_sys::toast_datum_size(d) as i32),
-            ),
-        };
         // Every job is checked here, also those _enqueue_keyed inserts, so
-        // that bad input is always CQ001 raised by this function.
-        if let Some(problem) = job_problem(
-            queue,
-            kind,
-            args_type.as_deref(),
-            args_bytes,
-            pg_getarg(fcinfo, PRIORITY),
-            pg_getarg(fcinfo, MAX_ATTEMPTS),
-            Some(finite),
-            pg_getarg(fcinfo, IDEMPOTENCY_KEY),
-            pg_getarg(fcinfo, CONCURRENCY_KEY),
-        ) {
-            raise(problem);
+        // that bad input is always CQ001 raised by this function. (In a
+        // block: no String may be alive when raise_cq001 jumps away.)
+        let problem = {
+            let (args_type, args_bytes) = match args {
+                None => (None, None),
+                Some(d) => (
+                    Some(jsonb_type(d)),
+                    Some(pg_sys::toast_datum_size(d) as i32),
+                ),
+            };
+            job_problem(
+                queue,
+                kind,
+                args_type.as_deref(),
+                args_bytes,
+                pg_getarg(fcinfo, PRIORITY),
+                pg_getarg(fcinfo, MAX_ATTEMPTS),
+                Some(finite),
+                pg_getarg(fcinfo, IDEMPOTENCY_KEY),
+                pg_getarg(fcinfo, CONCURRENCY_KEY),
+            )
+        };
+        if let Some(problem) = problem {
+            raise_cq001(problem);
         }
 
         if raw(IDEMPOTENCY_KEY).is_some() || raw(AFTER_XACT).is_some() {
@@ -173,44 +178,6 @@ unsafe fn jsonb_type(d: pg_sys::Datum) -> String {
         }
         pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(d)]).unwrap_or_default()
     }
-}
-
-/// SQLSTATE CQ001, commitq's "invalid argument" (MAKE_SQLSTATE('C','Q','0','0','1')).
-const CQ001: c_int =
-    sixbit(b'C') | sixbit(b'Q') << 6 | sixbit(b'0') << 12 | sixbit(b'0') << 18 | sixbit(b'1') << 24;
-
-const fn sixbit(c: u8) -> c_int {
-    ((c - b'0') & 0x3F) as c_int
-}
-
-// PostgreSQL's error reporting, called directly: pgrx's own ereport knows
-// only the standard SQLSTATEs and would report CQ001 as XX000.
-unsafe extern "C-unwind" {
-    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
-    fn errcode(sqlerrcode: c_int) -> c_int;
-    fn errmsg(fmt: *const c_char, ...) -> c_int;
-    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
-}
-
-/// Raise CQ001 with "commitq: <problem>", the error every other commitq
-/// function raises for bad input. Nothing has been written yet.
-unsafe fn raise(problem: String) -> ! {
-    let message = CString::new(format!("commitq: {problem}")).unwrap_or_default();
-    unsafe {
-        if errstart(pgrx::PgLogLevel::ERROR as c_int, ptr::null()) {
-            errcode(CQ001);
-            // errmsg copies the text, so it is freed before errfinish jumps
-            // away (no Rust value is live past this point).
-            errmsg(c"%s".as_ptr(), message.as_ptr());
-            drop(message);
-            errfinish(
-                c"enqueue.rs".as_ptr(),
-                line!() as c_int,
-                c"commitq_enqueue".as_ptr(),
-            );
-        }
-    }
-    unreachable!("ereport(ERROR) returned")
 }
 
 /// Execute the kept plan (preparing it on first use) with `params` (None is

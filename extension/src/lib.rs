@@ -6,6 +6,7 @@
 
 use pgrx::prelude::*;
 
+mod checks;
 mod enqueue;
 mod settings;
 mod validate;
