@@ -56,12 +56,23 @@ pub unsafe fn raise_cq001(problem: String) -> ! {
     unreachable!("ereport(ERROR) returned")
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_commitq_check() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
+/// Define `pg_finfo_<name>`, the record PostgreSQL looks for beside a C
+/// function declared in SQL as `LANGUAGE c AS 'MODULE_PATHNAME', '<name>'`
+/// (PG_FUNCTION_INFO_V1).
+macro_rules! finfo_v1 {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+            const V1: ::pgrx::pg_sys::Pg_finfo_record =
+                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
 }
+pub(crate) use finfo_v1;
+
+finfo_v1!(pg_finfo_commitq_check);
 
 /// `commitq._check(problem text)`: raise CQ001 with the problem, if there is
 /// one. Declared in sql/internal.sql.

@@ -26,34 +26,30 @@ use pgrx::{pg_getarg, pg_getarg_datum_raw, pg_sys, IntoDatum};
 use crate::checks::raise_cq001;
 use crate::validate::job_problem;
 
+// Both statements take the nine arguments of commitq.enqueue, in order.
+
 /// The common job: insert it, and say whether a worker waits for the queue
-/// (then it gets a NOTIFY, see commitq.waiting_workers).
+/// (then it gets a NOTIFY, see commitq.waiting_workers). $5 is never NULL
+/// here; $7 and $9 (idempotency_key, after_xact) always are, and unused.
 const INSERT: &CStr = c"
     INSERT INTO commitq.jobs AS j (queue, kind, args, state, priority, run_at, max_attempts,
                                    concurrency_key)
     VALUES ($1, $2, $3,
             CASE WHEN $5 OPERATOR(pg_catalog.>) pg_catalog.now()
                  THEN 'scheduled'::commitq.job_state ELSE 'available'::commitq.job_state END,
-            $4, $5, $6, $7)
+            $4, $5, $6, $8)
     RETURNING j.id,
               j.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
               AND EXISTS (SELECT FROM commitq.waiting_workers w
                            WHERE w.queue OPERATOR(pg_catalog.=) $1)";
-const INSERT_TYPES: [pg_sys::Oid; 7] = [
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::JSONBOID,
-    pg_sys::INT4OID,
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::INT4OID,
-    pg_sys::TEXTOID,
-];
 
-/// Everything else: the same arguments, to the PL/pgSQL implementation.
+/// Jobs with an idempotency key or after_xact: to the PL/pgSQL implementation.
 const KEYED: &CStr = c"
     SELECT k.job_id, k.inserted
       FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9) AS k";
-const KEYED_TYPES: [pg_sys::Oid; 9] = [
+
+/// The types of commitq.enqueue's arguments.
+const ARG_TYPES: [pg_sys::Oid; 9] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::JSONBOID,
@@ -84,12 +80,7 @@ thread_local! {
     static RESULT_DESC: Cell<pg_sys::TupleDesc> = const { Cell::new(ptr::null_mut()) };
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_commitq_enqueue() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+crate::checks::finfo_v1!(pg_finfo_commitq_enqueue);
 
 /// `commitq.enqueue(queue, kind, args, priority, run_at, max_attempts,
 /// idempotency_key, concurrency_key, after_xact) -> (job_id, inserted)`.
@@ -140,22 +131,13 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             raise_cq001(problem);
         }
 
-        if raw(IDEMPOTENCY_KEY).is_some() || raw(AFTER_XACT).is_some() {
-            let params: Vec<_> = (QUEUE..=AFTER_XACT).map(raw).collect();
-            let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &KEYED_TYPES, &params);
+        let mut params: Vec<_> = (QUEUE..=AFTER_XACT).map(raw).collect();
+        if params[IDEMPOTENCY_KEY].is_some() || params[AFTER_XACT].is_some() {
+            let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &params);
             return result(fcinfo, job_id, inserted);
         }
-
-        let params = [
-            raw(QUEUE),
-            raw(KIND),
-            args,
-            raw(PRIORITY),
-            Some(run_at),
-            raw(MAX_ATTEMPTS),
-            raw(CONCURRENCY_KEY),
-        ];
-        let (job_id, wake) = run(&INSERT_PLAN, INSERT, &INSERT_TYPES, &params);
+        params[RUN_AT] = Some(run_at);
+        let (job_id, wake) = run(&INSERT_PLAN, INSERT, &params);
         if wake {
             let channel = format!("commitq:{}", queue.unwrap_or_default());
             pgrx::direct_function_call::<()>(
@@ -185,7 +167,6 @@ unsafe fn jsonb_type(d: pg_sys::Datum) -> String {
 unsafe fn run(
     plan: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
     sql: &CStr,
-    types: &[pg_sys::Oid],
     params: &[Option<pg_sys::Datum>],
 ) -> (i64, bool) {
     unsafe {
@@ -194,7 +175,11 @@ unsafe fn run(
         }
         let mut p = plan.get();
         if p.is_null() {
-            p = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_ptr().cast_mut());
+            p = pg_sys::SPI_prepare(
+                sql.as_ptr(),
+                ARG_TYPES.len() as i32,
+                ARG_TYPES.as_ptr().cast_mut(),
+            );
             if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
                 error!("commitq: could not prepare {sql:?}");
             }
