@@ -2,7 +2,9 @@
 //!
 //! The queue itself is plain SQL in `sql/` (one file per concern), loaded
 //! here in dependency order so a DBA can read exactly what runs. Rust is kept
-//! for what SQL cannot do well.
+//! for what SQL cannot do well or fast enough: argument checks called on
+//! every claim and completion (`checks`, `validate`), and the single-job
+//! `commitq.enqueue` (`enqueue`), the call every producer makes.
 
 use pgrx::prelude::*;
 
