@@ -275,9 +275,14 @@ impl Report {
             w.title(&self.load)
         );
         for r in self.rows_of(w) {
-            // The same pool (handlers, prefetch) without keys, in the drain.
+            // The same pool (handlers, prefetch) without keys, measured
+            // beside it in this workload (else in the plain drain).
             let plain = match &r.system {
-                System::Commitq(c) => self.rate_of(Workload::Drain, &c.without_keys().name()),
+                System::Commitq(c) => {
+                    let name = c.without_keys().name();
+                    self.rate_of(w, &name)
+                        .or_else(|| self.rate_of(Workload::Drain, &name))
+                }
                 _ => None,
             };
             let mut line = format!(

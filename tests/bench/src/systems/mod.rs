@@ -47,7 +47,7 @@ impl Workload {
                 load.jobs
             ),
             Workload::KeyedDrain => format!(
-                "commitq worker pool drain of {} jobs with keys, {} handlers",
+                "commitq worker pool drain of {} jobs with keys and without, {} handlers",
                 load.jobs, load.concurrency
             ),
         }
