@@ -16,6 +16,7 @@
 //! resolves to the same objects. `tests/tests/security.rs` plants
 //! look-alikes of all of them and checks that enqueue is unmoved.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ffi::CStr;
 use std::ptr;
@@ -94,11 +95,14 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
     unsafe {
         let raw =
             |n: usize| (!pgrx::pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n));
+        // The statements' parameters: the arguments as they came (an array
+        // of plain values, nothing to free if raise_cq001 jumps away).
+        let mut params: [Option<pg_sys::Datum>; ARG_TYPES.len()] = std::array::from_fn(raw);
         let queue: Option<&str> = pg_getarg(fcinfo, QUEUE);
         let kind: Option<&str> = pg_getarg(fcinfo, KIND);
-        let args = raw(ARGS);
+        let args = params[ARGS];
         // NULL run_at means now(), the transaction's start.
-        let run_at = raw(RUN_AT)
+        let run_at = params[RUN_AT]
             .unwrap_or_else(|| pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp()));
         let finite = {
             let t = run_at.value() as i64;
@@ -131,7 +135,6 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             raise_cq001(problem);
         }
 
-        let mut params: Vec<_> = (QUEUE..=AFTER_XACT).map(raw).collect();
         if params[IDEMPOTENCY_KEY].is_some() || params[AFTER_XACT].is_some() {
             let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &params);
             return result(fcinfo, job_id, inserted);
@@ -151,14 +154,15 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
 
 /// "object" for a JSON object (read from the container header, no parsing),
 /// else what jsonb_typeof says, for the error message.
-unsafe fn jsonb_type(d: pg_sys::Datum) -> String {
+unsafe fn jsonb_type(d: pg_sys::Datum) -> Cow<'static, str> {
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
         let header = ptr::read_unaligned(pgrx::varlena::vardata_any(v).cast::<u32>());
         if header & pg_sys::JB_FOBJECT != 0 {
-            return "object".into();
+            return Cow::Borrowed("object");
         }
-        pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(d)]).unwrap_or_default()
+        let named = pgrx::direct_function_call::<String>(pg_sys::jsonb_typeof, &[Some(d)]);
+        Cow::Owned(named.unwrap_or_default())
     }
 }
 
