@@ -49,13 +49,21 @@ AS $$ SELECT 1668377457 $$;  -- 'cqkq' in ASCII
 
 -- The keyed half of commitq.claim. p_ids are available jobs with a
 -- concurrency key, in claim order, already locked by the caller (p_keys
--- their keys). In one statement per round: lock the key rows we can (SKIP
--- LOCKED) to see their free slots; give the earliest jobs of each key its
--- free slots and claim them; park the rest of the jobs of full keys as
--- 'blocked', outside the claim index; count both in the key rows. Jobs of a
--- key busy in another transaction, or with no row yet, are left. When
--- p_more (the caller's batch was full, so the queue may hold more), a few
--- more rounds, bounded, take the next jobs of the queue to fill the batch.
+-- their keys); p_want is the room left in the batch, and p_more says whether
+-- the queue may hold more jobs (the caller's pick was full).
+--
+-- Each round is one statement: pick more jobs of the queue, lock the key
+-- rows of all candidates that we can (SKIP LOCKED) to see their free slots,
+-- claim the first p_want candidates that fit, park the jobs of full keys as
+-- 'blocked' (outside the claim index), and count both in the key rows. Jobs
+-- of a key busy in another transaction are passed over until we commit; a
+-- key without a row gets one and its jobs are tried again.
+--
+-- Rounds pick a few jobs more than they need: in a queue of keyed jobs a
+-- batch usually holds a job whose key is running, or two jobs of one key,
+-- and without the margin nearly every claim needed a second round, and
+-- often a third, to fill its batch. Candidates that fit but are beyond
+-- p_want are left available (locked by us until we commit).
 CREATE FUNCTION commitq._claim_keyed(
     p_queue text, p_worker text, p_lease interval,
     p_ids bigint[], p_keys text[], p_want integer, p_more boolean)
@@ -67,46 +75,72 @@ AS $$
 DECLARE
     v_ids bigint[] := p_ids;
     v_keys text[] := p_keys;
+    -- Jobs of ours that a pick must not return: the caller's, until round 1
+    -- has them, then those of keys busy elsewhere (v_passed).
+    v_skip bigint[] := p_ids;
+    v_passed bigint[] := '{}';
+    -- Jobs to pick from the queue this round: round 1 has the caller's.
+    v_pick integer := CASE WHEN p_more THEN p_want / 4 ELSE 0 END;
+    v_picked integer;
     v_claimed commitq.claimed_job[];
-    v_parked integer;
     v_left_ids bigint[];
     v_left_keys text[];
     v_missing text[];
     v_created text[];
-    v_passed bigint[] := '{}';
 BEGIN
     FOR round IN 1..4 LOOP
-        WITH cand AS (
+        WITH picked AS (
+            -- A job handed its key's slot goes as one without a key (see commitq.claim).
+            SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS ck,
+                   x.priority, x.run_at FROM commitq.jobs x
+             WHERE x.queue = p_queue AND x.state = 'available' AND x.id <> ALL (v_skip)
+             ORDER BY x.priority, x.run_at, x.id
+             LIMIT v_pick
+               FOR UPDATE SKIP LOCKED
+        ), cand AS (
             SELECT t.id, t.ck, t.ord FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, ck, ord)
+            UNION ALL
+            SELECT picked.id, picked.ck,
+                   coalesce(cardinality(v_ids), 0)
+                   + row_number() OVER (ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked
         ), keys AS (
             SELECT k.key, k.max_running - k.running AS free
               FROM commitq.concurrency_keys k
-             WHERE k.key = ANY (v_keys)
+             -- `= ANY (ARRAY(...))` here and below: an index lookup in any
+             -- plan (see commitq.claim).
+             WHERE k.key = ANY (ARRAY(SELECT cand.ck FROM cand WHERE cand.ck IS NOT NULL))
                FOR UPDATE SKIP LOCKED
         ), ranked AS (
-            SELECT cand.id, cand.ck, keys.free,
-                   row_number() OVER (PARTITION BY cand.ck ORDER BY cand.ord) AS rk
+            SELECT cand.id, cand.ck, cand.ord,
+                   row_number() OVER (PARTITION BY cand.ck ORDER BY cand.ord) <= keys.free AS fits
               FROM cand JOIN keys ON keys.key = cand.ck
+        ), chosen AS (
+            -- The first p_want candidates that may run now, in claim order.
+            SELECT e.id, e.ck FROM (
+                    SELECT cand.id, NULL::text AS ck, cand.ord FROM cand WHERE cand.ck IS NULL
+                    UNION ALL
+                    SELECT ranked.id, ranked.ck, ranked.ord FROM ranked WHERE ranked.fits) e
+             ORDER BY e.ord
+             LIMIT p_want
         ), per_key AS (
             -- Counted once per key: a count per key row, as a subquery in
             -- SET, would scan the whole batch for every key.
-            SELECT ranked.ck,
-                   count(*) FILTER (WHERE ranked.rk <= ranked.free) AS run,
-                   count(*) FILTER (WHERE ranked.rk > ranked.free) AS park
-              FROM ranked GROUP BY ranked.ck
+            SELECT s.ck, count(*) FILTER (WHERE s.runs) AS run, count(*) FILTER (WHERE NOT s.runs) AS park
+              FROM (SELECT chosen.ck, true AS runs FROM chosen WHERE chosen.ck IS NOT NULL
+                    UNION ALL
+                    SELECT ranked.ck, false FROM ranked WHERE NOT ranked.fits) s
+             GROUP BY s.ck
         ), counted AS (
             UPDATE commitq.concurrency_keys k
                SET running = k.running + per_key.run,
                    blocked = k.blocked + per_key.park
               FROM per_key
-             -- `= ANY (ARRAY(...))` here and below: an index lookup in any
-             -- plan (see commitq.claim).
-             WHERE k.key = ANY (ARRAY(SELECT ranked.ck FROM ranked))
+             WHERE k.key = ANY (ARRAY(SELECT per_key.ck FROM per_key))
                AND k.key = per_key.ck
         ), parked AS (
             UPDATE commitq.jobs j SET state = 'blocked'
-             WHERE j.id = ANY (ARRAY(SELECT ranked.id FROM ranked WHERE ranked.rk > ranked.free))
-            RETURNING j.id
+             WHERE j.id = ANY (ARRAY(SELECT ranked.id FROM ranked WHERE NOT ranked.fits))
         ), claimed AS (
             UPDATE commitq.jobs j
                SET state = 'running',
@@ -117,31 +151,33 @@ BEGIN
                    worker = p_worker,
                    claimed_at = now(),
                    slot_held = false
-             WHERE j.id = ANY (ARRAY(SELECT cand.id FROM cand WHERE cand.ck IS NULL
-                                     UNION ALL
-                                     SELECT ranked.id FROM ranked WHERE ranked.rk <= ranked.free))
+             WHERE j.id = ANY (ARRAY(SELECT chosen.id FROM chosen))
             RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
                           j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
                           j.idempotency_key, j.errors)::commitq.claimed_job AS r
+        ), left_over AS (
+            -- Keyed candidates whose key row was busy, or missing.
+            SELECT cand.id, cand.ck, cand.ord FROM cand
+             WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))
         )
         SELECT (SELECT array_agg(claimed.r) FROM claimed),
-               (SELECT count(*) FROM parked),
-               (SELECT array_agg(cand.id ORDER BY cand.ord) FROM cand
-                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))),
-               (SELECT array_agg(cand.ck ORDER BY cand.ord) FROM cand
-                 WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked)))
-          INTO v_claimed, v_parked, v_left_ids, v_left_keys;
+               (SELECT count(*) FROM picked),
+               (SELECT array_agg(left_over.id ORDER BY left_over.ord) FROM left_over),
+               (SELECT array_agg(left_over.ck ORDER BY left_over.ord) FROM left_over)
+          INTO v_claimed, v_picked, v_left_ids, v_left_keys;
 
         IF v_claimed IS NOT NULL THEN
             RETURN QUERY SELECT * FROM unnest(v_claimed);
             p_want := p_want - cardinality(v_claimed);
         END IF;
         EXIT WHEN p_want <= 0;
+        IF v_pick > 0 THEN
+            p_more := v_picked = v_pick;
+        END IF;
 
-        -- First claim of a key: create its row and retry its jobs at once
-        -- (they stay locked by us meanwhile). Jobs of keys busy elsewhere
-        -- are passed over until we commit.
-        -- Keys of left jobs that have no row yet (the others are busy).
+        -- First claim of a key: create its row; the next round picks its
+        -- jobs again (they stay locked by us meanwhile). Jobs of keys busy
+        -- elsewhere are passed over until we commit.
         v_created := NULL;
         IF v_left_keys IS NOT NULL THEN
             SELECT array_agg(DISTINCT k) INTO v_missing FROM unnest(v_left_keys) k
@@ -150,34 +186,17 @@ BEGIN
             IF v_missing IS NOT NULL THEN
                 v_created := commitq._create_keys(v_missing);
             END IF;
-        END IF;
-        IF v_created IS NOT NULL THEN
-            SELECT array_agg(t.id ORDER BY t.ord), array_agg(t.ck ORDER BY t.ord)
-              INTO v_ids, v_keys
-              FROM unnest(v_left_ids, v_left_keys) WITH ORDINALITY AS t(id, ck, ord)
-             WHERE t.ck = ANY (v_created);
             v_passed := v_passed || coalesce(
-                (SELECT array_agg(l) FROM unnest(v_left_ids) l WHERE l <> ALL (v_ids)), '{}');
-            CONTINUE;
+                (SELECT array_agg(t.id) FROM unnest(v_left_ids, v_left_keys) AS t(id, ck)
+                  WHERE t.ck <> ALL (coalesce(v_created, '{}'))), '{}');
         END IF;
-        v_passed := v_passed || coalesce(v_left_ids, '{}');
-
-        -- More of the queue only when this batch was full and some of it
-        -- could not be claimed: the next jobs in claim order, keyed or not.
-        EXIT WHEN NOT p_more OR v_parked + coalesce(cardinality(v_left_ids), 0) = 0;
-        SELECT array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-               array_agg(c.concurrency_key ORDER BY c.priority, c.run_at, c.id),
-               count(*) = p_want
-          INTO v_ids, v_keys, p_more
-          -- A job handed its key's slot goes as one without a key (see commitq.claim).
-          FROM (SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS concurrency_key,
-                       x.priority, x.run_at FROM commitq.jobs x
-                 WHERE x.queue = p_queue AND x.state = 'available'
-                   AND x.id <> ALL (v_passed)
-                 ORDER BY x.priority, x.run_at, x.id
-                 LIMIT p_want
-                   FOR UPDATE SKIP LOCKED) c;
-        EXIT WHEN v_ids IS NULL;
+        -- More of the queue only when it may hold more: the next jobs in
+        -- claim order, keyed or not, and the margin again.
+        EXIT WHEN v_created IS NULL AND NOT p_more;
+        v_ids := NULL;
+        v_keys := NULL;
+        v_skip := v_passed;
+        v_pick := p_want + p_want / 4;
     END LOOP;
 END
 $$;

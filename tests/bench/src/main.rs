@@ -57,10 +57,14 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Measure only the systems whose family or name contains one of these
-    /// comma-separated texts (e.g. `--only raw,pgmq`), or the one system
-    /// named exactly after a `=`; the README is left alone.
+    /// comma-separated texts (e.g. `--only raw,pgmq`), or the systems named
+    /// exactly after a `=`, separated by `|`; the README is left alone.
     #[arg(long)]
     only: Option<String>,
+    /// Run only these workloads (comma-separated, e.g. `--workloads
+    /// drain,keyed-drain`); the README is left alone.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
     /// Print the RSS of a worker pool with 100 busy handlers, measured in
     /// this process, and exit (the full run starts itself with it, so that
     /// the figure is of a fresh process).
@@ -272,8 +276,8 @@ async fn main() {
             let only = only.to_lowercase();
             let name = s.name().to_lowercase();
             match only.strip_prefix('=') {
-                // Names have commas: an exact name is never split.
-                Some(exact) => name == exact.trim(),
+                // Names have commas: exact names are separated by `|`.
+                Some(exact) => exact.split('|').any(|e| name == e.trim()),
                 None => only.split(',').any(|o| {
                     let o = o.trim();
                     s.family().to_lowercase().contains(o) || name.contains(o)
@@ -283,6 +287,7 @@ async fn main() {
     };
     let plan: Vec<(Workload, Vec<System>)> = plan()
         .into_iter()
+        .filter(|(w, _)| args.workloads.is_empty() || args.workloads.contains(w))
         .map(|(w, systems)| (w, systems.into_iter().filter(&wanted).collect::<Vec<_>>()))
         .filter(|(_, systems)| !systems.is_empty())
         .collect();
@@ -358,7 +363,7 @@ async fn main() {
         families,
         memory,
     };
-    let full_run = !args.quick && args.only.is_none();
+    let full_run = !args.quick && args.only.is_none() && args.workloads.is_empty();
     if let Err(e) = report.write(&cluster, full_run, !args.no_readme).await {
         eprintln!("writing the report: {e}");
         std::process::exit(1);

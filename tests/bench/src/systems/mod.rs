@@ -11,7 +11,7 @@ pub mod raw;
 use crate::common::{Cluster, Load, Outcome, Sample};
 
 /// The workloads of the benchmark, in the order of its report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Workload {
     /// Bulk enqueue of `jobs` jobs with the system's best bulk API.
     Bulk,
