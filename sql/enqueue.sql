@@ -88,8 +88,8 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- The insert also tells whether a worker waits for this queue, so the
-    -- common path is a single statement.
+    -- The insert also tells whether a worker waits for this queue (one
+    -- statement, as in enqueue.rs).
     INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
                                    idempotency_key, concurrency_key, after_xact)
     VALUES (coalesce(_enqueue_keyed.job_id, nextval('commitq.job_id_seq')),
@@ -102,7 +102,7 @@ BEGIN
               AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = _enqueue_keyed.queue)
          INTO _enqueue_keyed.job_id, v_wake;
 
-    -- What commitq._wake does, inlined for the hot path.
+    -- What commitq._wake does, inlined: v_wake already says a worker waits.
     IF v_wake THEN
         PERFORM pg_notify('commitq:' || _enqueue_keyed.queue, '');
     END IF;
