@@ -62,6 +62,15 @@ async fn count(client: &Client, sql: &str) -> i64 {
         .get(0)
 }
 
+/// How many jobs are running now.
+async fn running_jobs(client: &Client) -> i64 {
+    count(
+        client,
+        "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+    )
+    .await
+}
+
 /// Handler that records each job's args in the effects table, in the same
 /// transaction as its completion.
 fn recording_pool(client: &Client) -> WorkerPool {
@@ -295,12 +304,7 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
         Duration::from_secs(20),
         async || {
             count(&client, "SELECT count(*) FROM public.effects").await == 2
-                && count(
-                    &client,
-                    "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
-                )
-                .await
-                    == 2
+                && running_jobs(&client).await == 2
         },
     )
     .await;
@@ -313,14 +317,7 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
         started.elapsed()
     );
     // Nothing left running; the two cut short are back, claimable now, attempt not spent.
-    assert_eq!(
-        count(
-            &client,
-            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(running_jobs(&client).await, 0);
     assert_eq!(
         count(&client, "SELECT count(*) FROM commitq.jobs").await,
         4,
@@ -391,14 +388,7 @@ async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutd
     wait_until(
         "a full claim with prefetched jobs",
         Duration::from_secs(20),
-        async || {
-            count(
-                &client,
-                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
-            )
-            .await
-                == 12
-        },
+        async || running_jobs(&client).await == 12,
     )
     .await;
     // Past the lease: the waiting jobs were heartbeated, none rescued.
@@ -425,11 +415,7 @@ async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutd
         "no job ran twice or after a rescue"
     );
     assert_eq!(
-        count(
-            &client,
-            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'"
-        )
-        .await,
+        running_jobs(&client).await,
         0,
         "the waiting jobs were handed back"
     );
@@ -632,14 +618,7 @@ async fn a_lost_lease_rolls_back_the_handlers_writes() {
     wait_until(
         "the first attempt to run",
         Duration::from_secs(10),
-        async || {
-            count(
-                &client,
-                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
-            )
-            .await
-                == 1
-        },
+        async || running_jobs(&client).await == 1,
     )
     .await;
     // The lease runs out (moved in time), maintain rescues the job, and
@@ -717,14 +696,7 @@ async fn a_worker_whose_connections_are_killed_recovers_and_runs_the_job_once() 
     wait_until(
         "the first attempt to run",
         Duration::from_secs(10),
-        async || {
-            count(
-                &client,
-                "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
-            )
-            .await
-                == 1
-        },
+        async || running_jobs(&client).await == 1,
     )
     .await;
     // Kill every connection of the worker's pool (everything but ours).
