@@ -84,11 +84,18 @@ CREATE TABLE commitq.jobs (
 -- The claim path: due jobs of one queue in claim order. Partial, so it holds
 -- only what can be claimed now and stays small however many jobs are running
 -- or waiting for a future run_at.
+--
+-- No deduplication, here and in jobs_blocked_idx: their keys end in the job
+-- id, so no two entries are ever equal and the deduplication pass that a
+-- full leaf page triggers before it splits could only scan the page and give
+-- up (measured: a bulk enqueue of 100,000 jobs about 5% faster without it).
 CREATE INDEX jobs_claim_idx ON commitq.jobs (queue, priority, run_at, id)
+    WITH (deduplicate_items = off)
     WHERE state = 'available';
 
 -- Jobs waiting for a slot of their key, in the order they get one.
 CREATE INDEX jobs_blocked_idx ON commitq.jobs (concurrency_key, priority, run_at, id)
+    WITH (deduplicate_items = off)
     WHERE state = 'blocked';
 
 -- Promotion of scheduled jobs that have come due.
