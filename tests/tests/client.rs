@@ -508,34 +508,33 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         .build();
     let (stop, handle) = start(pool);
     let admin = db.connect().await;
-    let listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
-    wait_until(
-        "the LISTEN connection",
-        Duration::from_secs(10),
-        async || {
-            admin
-                .query_one(listening, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        },
-    )
-    .await;
-    // Let the pool find the queue empty and wait.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    client
-        .enqueue(&Record {
-            n: 1,
-            label: "before".into(),
+    let wait_for_listener = async |what: &str| {
+        let listening = "SELECT count(*) FROM pg_stat_activity
+                          WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+        wait_until(what, Duration::from_secs(10), async || {
+            let row = admin.query_one(listening, &[]).await.unwrap();
+            row.get::<_, i64>(0) == 1
         })
-        .await
-        .unwrap();
-    wait_until("the first job", Duration::from_secs(5), async || {
-        count(&client, "SELECT count(*) FROM public.effects").await == 1
-    })
-    .await;
+        .await;
+        // Let the pool find the queue empty and wait.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Enqueue job n and wait for its effect, which only a NOTIFY brings in time.
+    let enqueue_and_see_it_run = async |n: i64, label: &str| {
+        let record = Record {
+            n,
+            label: label.into(),
+        };
+        client.enqueue(&record).await.unwrap();
+        let what = format!("the job enqueued {label} the reconnect");
+        wait_until(&what, Duration::from_secs(5), async || {
+            count(&client, "SELECT count(*) FROM public.effects").await == n
+        })
+        .await;
+    };
 
+    wait_for_listener("the LISTEN connection").await;
+    enqueue_and_see_it_run(1, "before").await;
     admin
         .batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -543,33 +542,8 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         )
         .await
         .unwrap();
-    wait_until(
-        "a new LISTEN connection",
-        Duration::from_secs(10),
-        async || {
-            admin
-                .query_one(listening, &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    client
-        .enqueue(&Record {
-            n: 2,
-            label: "after".into(),
-        })
-        .await
-        .unwrap();
-    wait_until(
-        "the job enqueued after the reconnect",
-        Duration::from_secs(5),
-        async || count(&client, "SELECT count(*) FROM public.effects").await == 2,
-    )
-    .await;
+    wait_for_listener("a new LISTEN connection").await;
+    enqueue_and_see_it_run(2, "after").await;
     stop.send(()).unwrap();
     handle.await.unwrap();
 }
