@@ -645,97 +645,54 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
         .await
         .unwrap();
     let quiet = Duration::from_millis(300);
+    let claimed = async || {
+        let sql = "SELECT 1 FROM commitq.claim('mail', 'w1', 10)";
+        worker.query(sql, &[]).await.unwrap().len()
+    };
+    let enqueue = async |sql: &str| producer.batch_execute(sql).await.unwrap();
+    let one_job = "SELECT commitq.enqueue('mail', 'k')";
+    // Err: nothing came in time; Ok(None) would be a lost listener connection.
+    let mut next_note = async |wait: Duration| timeout(wait, notes.recv()).await;
 
     // No worker has found the queue empty yet: nobody waits, nothing is sent.
-    producer
-        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
-        .await
-        .unwrap();
+    enqueue(one_job).await;
     assert!(
-        timeout(quiet, notes.recv()).await.is_err(),
+        next_note(quiet).await.is_err(),
         "notified with nobody waiting"
     );
 
     // The worker takes that job (and so is busy), then finds the queue empty.
-    assert_eq!(
-        worker
-            .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert!(worker
-        .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(claimed().await, 1);
+    assert_eq!(claimed().await, 0);
 
     // Now an enqueue wakes it, at commit and not before.
-    producer
-        .batch_execute("BEGIN; SELECT commitq.enqueue('mail', 'k');")
-        .await
-        .unwrap();
-    assert!(
-        timeout(quiet, notes.recv()).await.is_err(),
-        "notified before commit"
-    );
-    producer.batch_execute("COMMIT").await.unwrap();
-    let note = timeout(Duration::from_secs(5), notes.recv())
-        .await
-        .expect("woken at commit")
-        .unwrap();
+    enqueue("BEGIN; SELECT commitq.enqueue('mail', 'k');").await;
+    assert!(next_note(quiet).await.is_err(), "notified before commit");
+    enqueue("COMMIT").await;
+    let note = next_note(Duration::from_secs(5)).await;
+    let note = note.expect("woken at commit").expect("listener open");
     assert_eq!(note.channel(), "commitq:mail");
 
     // A rolled-back enqueue wakes nobody.
-    producer
-        .batch_execute("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;")
-        .await
-        .unwrap();
-    assert!(
-        timeout(quiet, notes.recv()).await.is_err(),
-        "notified by a rollback"
-    );
+    enqueue("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;").await;
+    assert!(next_note(quiet).await.is_err(), "notified by a rollback");
 
     // Once the worker claims work again, it is busy: no more wake-ups.
-    assert_eq!(
-        worker
-            .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    producer
-        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
-        .await
-        .unwrap();
-    assert!(
-        timeout(quiet, notes.recv()).await.is_err(),
-        "notified a busy worker"
-    );
+    assert_eq!(claimed().await, 1);
+    enqueue(one_job).await;
+    assert!(next_note(quiet).await.is_err(), "notified a busy worker");
 
     // Waiting again (the job just enqueued taken, then none), then stopping:
     // a stopped worker is not woken.
-    worker
-        .batch_execute("SELECT commitq.claim('mail', 'w1', 10)")
-        .await
-        .unwrap();
-    assert!(worker
-        .query("SELECT 1 FROM commitq.claim('mail', 'w1', 10)", &[])
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(claimed().await, 1);
+    assert_eq!(claimed().await, 0);
     worker
         .batch_execute("SELECT commitq.stop_waiting('mail', 'w1')")
         .await
         .unwrap();
-    producer
-        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
-        .await
-        .unwrap();
+    enqueue(one_job).await;
     assert!(
-        timeout(quiet, notes.recv()).await.is_err(),
+        next_note(quiet).await.is_err(),
         "notified a worker that stopped waiting"
     );
 }
