@@ -22,23 +22,10 @@ CREATE TABLE commitq.named_leases (
 SELECT pg_catalog.pg_extension_config_dump('commitq.named_leases', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.lease_token_seq', '');
 
--- Raise CQ001 for a bad lease name, owner or ttl.
-CREATE FUNCTION commitq._lease_args_problem(p_name text, p_owner text, p_ttl interval) RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE
-        WHEN p_name IS NULL THEN 'lease name must not be NULL'
-        WHEN p_owner IS NULL THEN 'owner must not be NULL'
-        WHEN p_ttl IS NULL THEN 'ttl must not be NULL'
-        WHEN p_name = '' OR octet_length(p_name) > 255 OR p_name ~ '[[:cntrl:]]'
-            THEN 'lease name must be 1 to 255 bytes of printable text'
-        WHEN p_owner IS NULL OR p_owner = '' OR octet_length(p_owner) > 255
-            THEN 'owner must be 1 to 255 bytes'
-        WHEN p_ttl IS NULL OR p_ttl < interval '1 second' OR p_ttl > interval '7 days'
-            THEN 'ttl out of range 1 second..7 days'
-    END
-$$;
+-- commitq._lease_args_problem(name, owner, ttl), what is wrong with a
+-- lease's arguments or NULL, is in Rust (extension/src/checks.rs): as a SQL
+-- function with a pinned search_path it was planned again in every
+-- transaction, on every acquire and renew.
 
 -- Take the lease `name` for `owner` until now + ttl if nobody holds it (or
 -- the holder's lease expired). Returns the new fencing token, or NULL when

@@ -125,3 +125,35 @@ pub fn batch_problem(ids: Option<Array<i64>>, tokens: Option<Array<i64>>) -> Opt
         _ => Some("job_ids and lease_tokens must not be NULL".into()),
     }
 }
+
+/// What is wrong with the name, owner and ttl of a named lease, or NULL.
+/// Names are printable text like keys (no control characters, whatever the
+/// database's locale); a ttl is compared as a whole interval, as PostgreSQL
+/// compares intervals (a month is 30 days).
+#[pg_extern(immutable, parallel_safe, name = "_lease_args_problem")]
+pub fn lease_args_problem(
+    name: Option<&str>,
+    owner: Option<&str>,
+    ttl: Option<Interval>,
+) -> Option<String> {
+    const SECOND: i128 = 1_000_000;
+    const MAX_BYTES: usize = 255;
+    let problem = match (name, owner, ttl) {
+        (None, _, _) => "lease name must not be NULL",
+        (_, None, _) => "owner must not be NULL",
+        (_, _, None) => "ttl must not be NULL",
+        (Some(name), _, _)
+            if name.is_empty() || name.len() > MAX_BYTES || name.chars().any(char::is_control) =>
+        {
+            "lease name must be 1 to 255 bytes of printable text"
+        }
+        (_, Some(owner), _) if owner.is_empty() || owner.len() > MAX_BYTES => {
+            "owner must be 1 to 255 bytes"
+        }
+        (_, _, Some(ttl)) if !(SECOND..=7 * 86_400 * SECOND).contains(&ttl.as_micros()) => {
+            "ttl out of range 1 second..7 days"
+        }
+        _ => return None,
+    };
+    Some(problem.into())
+}

@@ -188,6 +188,52 @@ mod tests {
             );
         }
     }
+
+    /// The named-lease argument rules, case by case, at their edges.
+    #[pg_test]
+    fn lease_args_problem_names_each_bad_argument() {
+        let problem = |args: &str| -> Option<String> {
+            Spi::get_one::<String>(&format!("SELECT commitq._lease_args_problem({args})")).unwrap()
+        };
+        for ok in [
+            "'cron', 'me', '1 second'",
+            "'build:42 ünïcode', 'me', '7 days'",
+            "repeat('n', 255), repeat('o', 255), '1 week'",
+        ] {
+            assert_eq!(problem(ok), None, "{ok}");
+        }
+        let cases = [
+            ("NULL, 'me', '1 minute'", "lease name must not be NULL"),
+            ("'cron', NULL, '1 minute'", "owner must not be NULL"),
+            ("'cron', 'me', NULL", "ttl must not be NULL"),
+            ("'', 'me', '1 minute'", "lease name must be 1 to 255 bytes"),
+            (
+                "repeat('n', 256), 'me', '1 minute'",
+                "lease name must be 1 to 255 bytes",
+            ),
+            (
+                "E'a\\nb', 'me', '1 minute'",
+                "lease name must be 1 to 255 bytes",
+            ),
+            ("'cron', '', '1 minute'", "owner must be 1 to 255 bytes"),
+            (
+                "'cron', repeat('o', 256), '1 minute'",
+                "owner must be 1 to 255 bytes",
+            ),
+            ("'cron', 'me', '0.999 seconds'", "ttl out of range"),
+            ("'cron', 'me', '7 days 1 microsecond'", "ttl out of range"),
+            // A month counts as 30 days, as in any interval comparison.
+            ("'cron', 'me', '1 month'", "ttl out of range"),
+            ("'cron', 'me', '-1 minute'", "ttl out of range"),
+        ];
+        for (args, expected) in cases {
+            let got = problem(args).unwrap_or_default();
+            assert!(
+                got.starts_with(expected),
+                "{args}: got {got:?}, expected {expected:?}"
+            );
+        }
+    }
 }
 
 /// Required by `cargo pgrx test`: it must sit at the crate root.
