@@ -26,17 +26,19 @@
 -- The limit of a key: an exact entry of concurrency_limits, else the longest
 -- matching prefix entry, else 1.
 CREATE FUNCTION commitq._key_limit(p_key text) RETURNS integer
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(
+BEGIN
+    RETURN coalesce(
         (SELECT l.max_running FROM commitq.concurrency_limits l
           WHERE l.pattern = p_key
              OR (pg_catalog.right(l.pattern, 1) = '*'
                  AND pg_catalog.starts_with(p_key, pg_catalog.left(l.pattern, -1)))
           ORDER BY l.pattern = p_key DESC, pg_catalog.length(l.pattern) DESC
           LIMIT 1),
-        1)
+        1);
+END
 $$;
 
 -- The first half of the advisory lock taken while creating a key's row:
