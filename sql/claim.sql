@@ -77,6 +77,9 @@ BEGIN
          LIMIT claim.max_jobs
            FOR UPDATE SKIP LOCKED
     ), claimed AS (
+        -- The same SET list is written out in _claim_keyed and in
+        -- _promote_blocked's take path (concurrency.sql); a test
+        -- (every_claim_path_writes_the_same_bookkeeping) checks they agree.
         UPDATE commitq.jobs j
            SET state = 'running',
                attempt = j.attempt + 1,

@@ -547,3 +547,88 @@ async fn complete_and_take_passes_the_slot_to_the_next_job_of_the_key() {
     let s: String = c.query_one(state, &[&pair[2]]).await.unwrap().get(0);
     assert_eq!(s, "running w1");
 }
+
+/// A claim writes the same bookkeeping on each of its three paths: a job
+/// without a key (`claim`), a keyed job (`claim`, through `_claim_keyed`)
+/// and a parked job taken by the completion of its key's running job
+/// (`complete_and_take`). The three UPDATEs are written out separately (one
+/// statement each, for speed): this test fails if one of them sets a column
+/// the others do not, or sets one differently.
+#[tokio::test]
+async fn every_claim_path_writes_the_same_bookkeeping() {
+    let db = TestDb::new("t_ckeys_claim_paths").await;
+    let c = db.connect().await;
+    c.batch_execute("CREATE TEMP TABLE snap (job bigint, phase text, row jsonb)")
+        .await
+        .unwrap();
+    let snap = async |job: i64, phase: &str| {
+        let sql = "INSERT INTO snap SELECT $1, $2, to_jsonb(j) FROM commitq.jobs j WHERE j.id = $1";
+        assert_eq!(c.execute(sql, &[&job, &phase]).await.unwrap(), 1);
+    };
+    let enqueue = async |key: Option<&str>| -> i64 {
+        let sql = "SELECT job_id FROM commitq.enqueue('q', 'k', '{}', concurrency_key => $1)";
+        c.query_one(sql, &[&key]).await.unwrap().get(0)
+    };
+    let claim = "SELECT job_id, lease_token FROM commitq.claim('q', 'w1', 2, '40 seconds')";
+
+    // No key.
+    let plain = enqueue(None).await;
+    snap(plain, "before").await;
+    let rows = c.query(claim, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), plain);
+    snap(plain, "after").await;
+
+    // A key: the first job of it runs, the second is parked.
+    let first = enqueue(Some("account:1")).await;
+    let second = enqueue(Some("account:1")).await;
+    snap(first, "before").await;
+    let rows = c.query(claim, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), first);
+    let token: i64 = rows[0].get(1);
+    snap(first, "after").await;
+
+    // The parked job, taken by the first one's completion.
+    snap(second, "before").await;
+    let take = "SELECT (next).job_id FROM commitq.complete_and_take($1, $2, 'w1', '40 seconds')";
+    let next: Option<i64> = c
+        .query_one(take, &[&vec![first], &vec![token]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, Some(second));
+    snap(second, "after").await;
+
+    // What each claim changed, and how.
+    let changed = "SELECT array_agg(b.key ORDER BY b.key)
+                     FROM snap s JOIN snap a ON a.job = s.job AND a.phase = 'after',
+                          jsonb_each(s.row) b
+                    WHERE s.job = $1 AND s.phase = 'before'
+                      AND b.value IS DISTINCT FROM a.row -> b.key";
+    let as_claimed = "SELECT a.row->>'state' = 'running'
+                         AND (a.row->>'attempt')::int = (s.row->>'attempt')::int + 1
+                         AND (a.row->>'lease_token')::bigint = (s.row->>'lease_token')::bigint + 1
+                         AND (a.row->>'lease_interval')::interval = '40 seconds'
+                         AND a.row->>'worker' = 'w1'
+                         AND (a.row->>'lease_expires_at')::timestamptz
+                             = (a.row->>'claimed_at')::timestamptz + interval '40 seconds'
+                         AND NOT (a.row->>'slot_held')::boolean
+                        FROM snap s JOIN snap a ON a.job = s.job AND a.phase = 'after'
+                       WHERE s.job = $1 AND s.phase = 'before'";
+    let expected = [
+        "attempt",
+        "claimed_at",
+        "lease_expires_at",
+        "lease_interval",
+        "lease_token",
+        "state",
+        "worker",
+    ];
+    for (path, job) in [("plain", plain), ("keyed", first), ("taken", second)] {
+        let keys: Vec<String> = c.query_one(changed, &[&job]).await.unwrap().get(0);
+        assert_eq!(keys, expected, "{path} claim changed these columns");
+        let ok: bool = c.query_one(as_claimed, &[&job]).await.unwrap().get(0);
+        assert!(ok, "{path} claim wrote the bookkeeping of a claim");
+    }
+}
