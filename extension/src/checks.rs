@@ -13,6 +13,8 @@ use std::ptr;
 use pgrx::prelude::*;
 use pgrx::{pg_getarg, pg_sys};
 
+use crate::validate::{is_printable_key, MAX_KEY_LEN};
+
 /// SQLSTATE CQ001, commitq's "invalid argument" (MAKE_SQLSTATE('C','Q','0','0','1')).
 const CQ001: c_int =
     sixbit(b'C') | sixbit(b'Q') << 6 | sixbit(b'0') << 12 | sixbit(b'0') << 18 | sixbit(b'1') << 24;
@@ -91,10 +93,16 @@ pub unsafe extern "C-unwind" fn commitq_check(fcinfo: pg_sys::FunctionCallInfo) 
     }
 }
 
+/// Whether a lease or ttl lies within 1 second..7 days, compared as a whole
+/// interval, as PostgreSQL compares intervals (a month is 30 days).
+fn lease_in_range(lease: Interval) -> bool {
+    const SECOND: i128 = 1_000_000;
+    (SECOND..=7 * 86_400 * SECOND).contains(&lease.as_micros())
+}
+
 /// What is wrong with the worker name and lease interval of a claim, or NULL.
 #[pg_extern(immutable, parallel_safe, name = "_worker_lease_problem")]
 pub fn worker_lease_problem(worker: Option<&str>, lease: Option<Interval>) -> Option<String> {
-    const SECOND: i128 = 1_000_000;
     let Some(worker) = worker else {
         return Some("worker must not be NULL".into());
     };
@@ -103,7 +111,7 @@ pub fn worker_lease_problem(worker: Option<&str>, lease: Option<Interval>) -> Op
     }
     match lease {
         None => Some("lease NULL out of range 1 second..7 days".into()),
-        Some(l) if !(SECOND..=7 * 86_400 * SECOND).contains(&l.as_micros()) => {
+        Some(l) if !lease_in_range(l) => {
             // interval_out returns a C string, not text.
             let shown: Option<&CStr> =
                 unsafe { pgrx::direct_function_call(pg_sys::interval_out, &[l.into_datum()]) };
@@ -127,32 +135,25 @@ pub fn batch_problem(ids: Option<Array<i64>>, tokens: Option<Array<i64>>) -> Opt
 }
 
 /// What is wrong with the name, owner and ttl of a named lease, or NULL.
-/// Names are printable text like keys (no control characters, whatever the
-/// database's locale); a ttl is compared as a whole interval, as PostgreSQL
-/// compares intervals (a month is 30 days).
+/// Names follow the rule for keys (no control characters, whatever the
+/// database's locale); a ttl the range of a claim's lease.
 #[pg_extern(immutable, parallel_safe, name = "_lease_args_problem")]
 pub fn lease_args_problem(
     name: Option<&str>,
     owner: Option<&str>,
     ttl: Option<Interval>,
 ) -> Option<String> {
-    const SECOND: i128 = 1_000_000;
-    const MAX_BYTES: usize = 255;
     let problem = match (name, owner, ttl) {
         (None, _, _) => "lease name must not be NULL",
         (_, None, _) => "owner must not be NULL",
         (_, _, None) => "ttl must not be NULL",
-        (Some(name), _, _)
-            if name.is_empty() || name.len() > MAX_BYTES || name.chars().any(char::is_control) =>
-        {
+        (Some(name), _, _) if !is_printable_key(name) => {
             "lease name must be 1 to 255 bytes of printable text"
         }
-        (_, Some(owner), _) if owner.is_empty() || owner.len() > MAX_BYTES => {
+        (_, Some(owner), _) if owner.is_empty() || owner.len() > MAX_KEY_LEN => {
             "owner must be 1 to 255 bytes"
         }
-        (_, _, Some(ttl)) if !(SECOND..=7 * 86_400 * SECOND).contains(&ttl.as_micros()) => {
-            "ttl out of range 1 second..7 days"
-        }
+        (_, _, Some(ttl)) if !lease_in_range(ttl) => "ttl out of range 1 second..7 days",
         _ => return None,
     };
     Some(problem.into())

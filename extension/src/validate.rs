@@ -47,10 +47,16 @@ pub fn kind_problem(kind: &str) -> Option<String> {
     None
 }
 
+/// 1 to `MAX_KEY_LEN` bytes without control characters: the rule for keys
+/// and for named-lease names.
+pub fn is_printable_key(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_KEY_LEN && !text.chars().any(char::is_control)
+}
+
 /// Idempotency and concurrency keys are the caller's own strings (UUIDs,
 /// `account:42`): any printable text up to 255 bytes.
 pub fn key_problem(what: &str, key: &str) -> Option<String> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+    if !is_printable_key(key) {
         return Some(format!(
             "invalid {what}: use 1 to {MAX_KEY_LEN} bytes of printable text"
         ));

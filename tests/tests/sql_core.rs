@@ -649,13 +649,13 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
         let sql = "SELECT 1 FROM commitq.claim('mail', 'w1', 10)";
         worker.query(sql, &[]).await.unwrap().len()
     };
-    let enqueue = async |sql: &str| producer.batch_execute(sql).await.unwrap();
+    let produce = async |sql: &str| producer.batch_execute(sql).await.unwrap();
     let one_job = "SELECT commitq.enqueue('mail', 'k')";
     // Err: nothing came in time; Ok(None) would be a lost listener connection.
     let mut next_note = async |wait: Duration| timeout(wait, notes.recv()).await;
 
     // No worker has found the queue empty yet: nobody waits, nothing is sent.
-    enqueue(one_job).await;
+    produce(one_job).await;
     assert!(
         next_note(quiet).await.is_err(),
         "notified with nobody waiting"
@@ -666,20 +666,20 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
     assert_eq!(claimed().await, 0);
 
     // Now an enqueue wakes it, at commit and not before.
-    enqueue("BEGIN; SELECT commitq.enqueue('mail', 'k');").await;
+    produce("BEGIN; SELECT commitq.enqueue('mail', 'k');").await;
     assert!(next_note(quiet).await.is_err(), "notified before commit");
-    enqueue("COMMIT").await;
+    produce("COMMIT").await;
     let note = next_note(Duration::from_secs(5)).await;
     let note = note.expect("woken at commit").expect("listener open");
     assert_eq!(note.channel(), "commitq:mail");
 
     // A rolled-back enqueue wakes nobody.
-    enqueue("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;").await;
+    produce("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;").await;
     assert!(next_note(quiet).await.is_err(), "notified by a rollback");
 
     // Once the worker claims work again, it is busy: no more wake-ups.
     assert_eq!(claimed().await, 1);
-    enqueue(one_job).await;
+    produce(one_job).await;
     assert!(next_note(quiet).await.is_err(), "notified a busy worker");
 
     // Waiting again (the job just enqueued taken, then none), then stopping:
@@ -690,7 +690,7 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
         .batch_execute("SELECT commitq.stop_waiting('mail', 'w1')")
         .await
         .unwrap();
-    enqueue(one_job).await;
+    produce(one_job).await;
     assert!(
         next_note(quiet).await.is_err(),
         "notified a worker that stopped waiting"
