@@ -3,7 +3,7 @@
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{GenericClient, NoTls};
 
-use crate::{check_extension, EnqueueOptions, Enqueued, Error, Job};
+use crate::{check_extension, driver, EnqueueOptions, Enqueued, Error, Job};
 
 /// A handle on a database with `pg_commitq` installed: a connection pool
 /// whose extension version was checked.
@@ -83,11 +83,6 @@ impl Client {
     }
 }
 
-const ENQUEUE_SQL: &str = "SELECT job_id, inserted FROM commitq.enqueue(
-    $1, $2, $3, coalesce($4::int4, 0),
-    coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-    coalesce($7::int4, 25), $8, $9, $10::int8::text::xid8)";
-
 /// Enqueue `job` with `options` through `client`, which may be a
 /// transaction of the caller's: the job then commits, or vanishes, with it.
 pub async fn enqueue<C: GenericClient, J: Job>(
@@ -97,28 +92,7 @@ pub async fn enqueue<C: GenericClient, J: Job>(
 ) -> Result<Enqueued, Error> {
     let args = serde_json::to_value(job).map_err(Error::Serialize)?;
     let queue = options.queue.as_deref().unwrap_or(J::QUEUE);
-    let delay = options.delay.map(|d| d.as_secs_f64());
-    let row = client
-        .query_one(
-            ENQUEUE_SQL,
-            &[
-                &queue,
-                &J::KIND,
-                &args,
-                &options.priority,
-                &options.run_at,
-                &delay,
-                &options.max_attempts,
-                &options.idempotency_key,
-                &options.concurrency_key,
-                &options.after_xact,
-            ],
-        )
-        .await?;
-    Ok(Enqueued {
-        job_id: row.get(0),
-        inserted: row.get(1),
-    })
+    driver::enqueue(client, queue, J::KIND, &args, options).await
 }
 
 /// Enqueue many jobs of one type in one statement, each with its own
@@ -130,44 +104,9 @@ pub async fn enqueue_many<C: GenericClient, J: Job>(
     let mut batch = Vec::with_capacity(jobs.len());
     for job in jobs {
         let o = job.options();
-        let delay = o.delay.map(|d| d.as_secs_f64());
-        let run_at = o.run_at.map(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
-        });
-        batch.push(serde_json::json!({
-            "queue": o.queue.as_deref().unwrap_or(J::QUEUE),
-            "kind": J::KIND,
-            "args": serde_json::to_value(job).map_err(Error::Serialize)?,
-            "priority": o.priority,
-            "max_attempts": o.max_attempts,
-            "idempotency_key": o.idempotency_key,
-            "concurrency_key": o.concurrency_key,
-            "run_at_epoch": run_at,
-            "delay_secs": delay,
-        }));
+        let args = serde_json::to_value(job).map_err(Error::Serialize)?;
+        let queue = o.queue.as_deref().unwrap_or(J::QUEUE);
+        batch.push(driver::enqueue_many_item(queue, J::KIND, args, &o));
     }
-    // The JSON form takes run_at as a timestamp: computed here from the
-    // epoch seconds or the delay, by the database's clock.
-    let rows = client
-        .query(
-            "SELECT job_id, inserted FROM commitq.enqueue_many((
-                 SELECT coalesce(jsonb_agg(
-                            (j - 'run_at_epoch' - 'delay_secs')
-                            || jsonb_build_object('run_at', coalesce(
-                                   to_timestamp((j->>'run_at_epoch')::float8),
-                                   now() + make_interval(secs => coalesce((j->>'delay_secs')::float8, 0))))
-                            ORDER BY i), '[]')
-                   FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(j, i)))",
-            &[&serde_json::Value::Array(batch)],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Enqueued {
-            job_id: r.get(0),
-            inserted: r.get(1),
-        })
-        .collect())
+    driver::enqueue_many(client, batch).await
 }

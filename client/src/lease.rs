@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Client, Error};
+use crate::{driver, Client, Error};
 
 /// A held lease: its name and fencing token.
 #[derive(Clone, Debug)]
@@ -23,12 +23,7 @@ impl Lease {
     /// still held, and keep it from changing hands until `tx` ends: call it
     /// before writes made under the lease.
     pub async fn assert_in<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
-        tx.execute(
-            "SELECT commitq.assert_fencing_token($1, $2)",
-            &[&self.name, &self.token],
-        )
-        .await?;
-        Ok(())
+        driver::assert_fencing_token(tx, &self.name, self.token).await
     }
 
     /// True once a renewal was refused: another holder may act now.
@@ -58,9 +53,7 @@ impl Drop for Release {
         tokio::spawn(async move {
             if let Ok(conn) = client.pool().get().await {
                 // A stale token means someone took over: nothing to give back.
-                let _ = conn
-                    .execute("SELECT commitq.release_lease($1, $2)", &[&name, &token])
-                    .await;
+                let _ = driver::release_lease(&**conn, &name, token).await;
             }
         });
     }
@@ -75,13 +68,7 @@ impl Client {
         ttl: Duration,
     ) -> Result<Option<i64>, Error> {
         let conn = self.pool().get().await?;
-        let row = conn
-            .query_one(
-                "SELECT commitq.try_acquire_lease($1, $2, make_interval(secs => $3))",
-                &[&name, &owner, &ttl.as_secs_f64()],
-            )
-            .await?;
-        Ok(row.get(0))
+        driver::try_acquire_lease(&**conn, name, owner, ttl).await
     }
 
     /// Run `work` while holding lease `name`: wait up to `wait` for it (each
@@ -136,11 +123,7 @@ async fn renew(client: Client, lease: Lease, ttl: Duration) {
         tokio::time::sleep(ttl / 3).await;
         let result = async {
             let conn = client.pool().get().await?;
-            conn.execute(
-                "SELECT commitq.renew_lease($1, $2, make_interval(secs => $3))",
-                &[&lease.name, &lease.token, &ttl.as_secs_f64()],
-            )
-            .await?;
+            driver::renew_lease(&**conn, &lease.name, lease.token, ttl).await?;
             Ok::<(), Error>(())
         }
         .await;

@@ -44,6 +44,7 @@
 //! ```
 
 mod client;
+mod driver;
 mod error;
 mod job;
 mod lease;
@@ -64,16 +65,10 @@ pub const EXTENSION_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Check that `pg_commitq` is installed in the connected database at
 /// [`EXTENSION_VERSION`].
 pub async fn check_extension<C: tokio_postgres::GenericClient>(client: &C) -> Result<(), Error> {
-    let row = client
-        .query_opt(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_commitq'",
-            &[],
-        )
-        .await?;
-    match row {
+    let installed = driver::extension_version(client).await?;
+    match installed {
         None => Err(Error::ExtensionMissing),
-        Some(row) => {
-            let installed: String = row.get(0);
+        Some(installed) => {
             if installed == EXTENSION_VERSION {
                 Ok(())
             } else {

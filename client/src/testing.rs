@@ -311,14 +311,7 @@ impl Race {
 
     async fn live_jobs(&self, queue: &str) -> Result<i64, crate::Error> {
         let conn = self.client.pool().get().await?;
-        let row = conn
-            .query_one(
-                "SELECT count(*) FROM commitq.jobs
-                  WHERE queue = $1 AND state IN ('available', 'blocked', 'running')",
-                &[&queue],
-            )
-            .await?;
-        Ok(row.get(0))
+        crate::driver::live_jobs(&**conn, queue).await
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::driver::{self, ClaimedRow};
 use crate::metrics::Metrics;
 use crate::{Client, Error, Job};
 
@@ -69,11 +70,7 @@ impl JobContext {
     /// the meantime this fails (`Error::StaleLease` or `Error::LeaseExpired`)
     /// and the transaction must roll back.
     pub async fn complete_in<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
-        tx.execute(
-            "SELECT commitq.complete($1, $2)",
-            &[&self.job_id, &self.lease_token],
-        )
-        .await?;
+        driver::complete(tx, self.job_id, self.lease_token).await?;
         self.completed.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -81,12 +78,7 @@ impl JobContext {
     /// Raise unless this job's lease is still current, and hold it until the
     /// caller's transaction ends: fences writes made for the job.
     pub async fn assert_lease<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
-        tx.execute(
-            "SELECT commitq.assert_lease($1, $2)",
-            &[&self.job_id, &self.lease_token],
-        )
-        .await?;
-        Ok(())
+        driver::assert_lease(tx, self.job_id, self.lease_token).await
     }
 
     /// Do the named side effect `name` of this job at most once across its
@@ -103,15 +95,10 @@ impl JobContext {
         Fut: Future<Output = Result<T, HandlerError>>,
     {
         let conn = self.client.pool().get().await?;
-        let row = conn
-            .query_one(
-                "SELECT done, idempotency_key, result FROM commitq.effect_begin($1, $2, $3)",
-                &[&self.job_id, &self.lease_token, &name],
-            )
-            .await?;
-        let (done, key): (bool, String) = (row.get(0), row.get(1));
+        let begun = driver::effect_begin(&**conn, self.job_id, self.lease_token, name).await?;
+        let (done, key) = (begun.done, begun.idempotency_key);
         if done {
-            let recorded: Option<Value> = row.get(2);
+            let recorded = begun.result;
             return serde_json::from_value(recorded.unwrap_or(Value::Null)).map_err(|e| {
                 Error::Effect(format!(
                     "recorded result of {name} does not deserialize: {e}"
@@ -122,11 +109,7 @@ impl JobContext {
             .await
             .map_err(|e| Error::Effect(format!("{name}: {e}")))?;
         let value = serde_json::to_value(&result).map_err(Error::Serialize)?;
-        conn.execute(
-            "SELECT commitq.effect_done($1, $2, $3, $4)",
-            &[&self.job_id, &self.lease_token, &name, &value],
-        )
-        .await?;
+        driver::effect_done(&**conn, self.job_id, self.lease_token, name, &value).await?;
         Ok(result)
     }
 
@@ -298,6 +281,21 @@ struct Claimed {
     /// Has a concurrency key: its completion passes the key's slot on.
     keyed: bool,
     claimed_at: Instant,
+}
+
+impl Claimed {
+    fn new(row: ClaimedRow, claimed_at: Instant) -> Claimed {
+        Claimed {
+            job_id: row.job_id,
+            queue: row.queue,
+            kind: row.kind,
+            args: row.args,
+            attempt: row.attempt,
+            lease_token: row.lease_token,
+            keyed: row.keyed,
+            claimed_at,
+        }
+    }
 }
 
 /// A job whose handler returned `Outcome::Complete`, for the batch
@@ -529,19 +527,13 @@ async fn claim_loop(
     }
 }
 
-/// Run one statement on a connection of the pool.
-async fn execute(
-    cfg: &WorkerPoolBuilder,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, Error> {
-    let conn = cfg.client.pool().get().await?;
-    Ok(conn.execute(sql, params).await?)
-}
-
 async fn stop_waiting(cfg: &WorkerPoolBuilder, queue: &str) {
-    let sql = "SELECT commitq.stop_waiting($1, $2)";
-    if let Err(e) = execute(cfg, sql, &[&queue, &cfg.worker_id]).await {
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        driver::stop_waiting(&**conn, queue, &cfg.worker_id).await
+    }
+    .await;
+    if let Err(e) = result {
         // maintain() prunes the entry within minutes.
         warn!(queue = %queue, error = %e, "could not stop waiting");
     }
@@ -557,32 +549,11 @@ async fn wait_for_work(shared: &Shared, wake: &Notify, poll: Duration) {
 
 async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Claimed>, Error> {
     let conn = cfg.client.pool().get().await?;
-    let rows = conn
-        .query(
-            "SELECT job_id, queue, kind, args, attempt, lease_token,
-                    concurrency_key IS NOT NULL
-               FROM commitq.claim($1, $2, $3, make_interval(secs => $4))",
-            &[
-                &queue,
-                &cfg.worker_id,
-                &(n as i32),
-                &cfg.lease.as_secs_f64(),
-            ],
-        )
-        .await?;
+    let rows = driver::claim(&**conn, queue, &cfg.worker_id, n, cfg.lease).await?;
     let claimed_at = Instant::now();
     Ok(rows
-        .iter()
-        .map(|r| Claimed {
-            job_id: r.get(0),
-            queue: r.get(1),
-            kind: r.get(2),
-            args: r.get(3),
-            attempt: r.get(4),
-            lease_token: r.get(5),
-            keyed: r.get(6),
-            claimed_at,
-        })
+        .into_iter()
+        .map(|row| Claimed::new(row, claimed_at))
         .collect())
 }
 
@@ -738,13 +709,7 @@ async fn heartbeat(
         tokio::time::sleep(every).await;
         let result = async {
             let conn = client.pool().get().await?;
-            let row = conn
-                .query_one(
-                    "SELECT cancel_requested FROM commitq.heartbeat($1, $2)",
-                    &[&job_id, &token],
-                )
-                .await?;
-            Ok::<bool, Error>(row.get(0))
+            driver::heartbeat(&**conn, job_id, token).await
         }
         .await;
         match result {
@@ -767,13 +732,7 @@ async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, dis
     cfg.metrics.add_failed();
     let result = async {
         let conn = cfg.client.pool().get().await?;
-        let row = conn
-            .query_one(
-                "SELECT state::text FROM commitq.fail($1, $2, $3, NULL, $4)",
-                &[&job.job_id, &job.lease_token, &error, &discard],
-            )
-            .await?;
-        Ok::<String, Error>(row.get(0))
+        driver::fail(&**conn, job.job_id, job.lease_token, error, discard).await
     }
     .await;
     match result {
@@ -792,12 +751,10 @@ async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, dis
 }
 
 async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
-    let sql = "SELECT commitq.snooze($1, $2, make_interval(secs => $3))";
-    let result = execute(
-        cfg,
-        sql,
-        &[&job.job_id, &job.lease_token, &delay.as_secs_f64()],
-    )
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        driver::snooze(&**conn, job.job_id, job.lease_token, delay).await
+    }
     .await;
     match result {
         Ok(_) => cfg.metrics.add_snoozed(),
@@ -895,13 +852,11 @@ async fn complete_many(
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
     let conn = cfg.client.pool().get().await?;
-    let rows = conn
-        .query(
-            "SELECT completed FROM commitq.complete_many($1, $2)",
-            &[&ids, &tokens],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), None)).collect())
+    let rows = driver::complete_many(&**conn, ids, tokens).await?;
+    Ok(rows
+        .into_iter()
+        .map(|completed| (completed, None))
+        .collect())
 }
 
 /// Complete a batch and take the next jobs of the keys it frees; one
@@ -912,29 +867,13 @@ async fn complete_and_take(
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
     let conn = cfg.client.pool().get().await?;
-    let rows = conn
-        .query(
-            "SELECT t.completed, (t.next).job_id, (t.next).queue, (t.next).kind,
-                    (t.next).args, (t.next).attempt, (t.next).lease_token
-               FROM commitq.complete_and_take($1, $2, $3, make_interval(secs => $4)) t",
-            &[&ids, &tokens, &cfg.worker_id, &cfg.lease.as_secs_f64()],
-        )
-        .await?;
+    let rows = driver::complete_and_take(&**conn, ids, tokens, &cfg.worker_id, cfg.lease).await?;
     let claimed_at = Instant::now();
     Ok(rows
-        .iter()
-        .map(|r| {
-            let next = r.get::<_, Option<i64>>(1).map(|job_id| Claimed {
-                job_id,
-                queue: r.get(2),
-                kind: r.get(3),
-                args: r.get(4),
-                attempt: r.get(5),
-                lease_token: r.get(6),
-                keyed: true,
-                claimed_at,
-            });
-            (r.get(0), next)
+        .into_iter()
+        .map(|row| {
+            let next = row.next.map(|next| Claimed::new(next, claimed_at));
+            (row.completed, next)
         })
         .collect())
 }
@@ -958,8 +897,7 @@ async fn listen(url: String, queues: HashMap<String, Arc<Notify>>, stop: Cancell
                 });
                 let mut ok = true;
                 for queue in queues.keys() {
-                    let sql = format!("LISTEN \"commitq:{queue}\"");
-                    if let Err(e) = client.batch_execute(&sql).await {
+                    if let Err(e) = driver::listen(&client, queue).await {
                         warn!(error = %e, "LISTEN failed");
                         ok = false;
                         break;
@@ -972,7 +910,7 @@ async fn listen(url: String, queues: HashMap<String, Arc<Notify>>, stop: Cancell
                         tokio::select! {
                             n = rx.recv() => match n {
                                 Some(n) => {
-                                    if let Some(notify) = n.channel().strip_prefix("commitq:").and_then(|q| queues.get(q)) {
+                                    if let Some(notify) = driver::channel_queue(n.channel()).and_then(|q| queues.get(q)) {
                                         notify.notify_one();
                                     }
                                 }
@@ -1003,8 +941,7 @@ async fn maintain(shared: Arc<Shared>, every: Duration) {
         }
         let result = async {
             let conn = shared.cfg.client.pool().get().await?;
-            conn.execute("SELECT commitq.maintain()", &[]).await?;
-            Ok::<(), Error>(())
+            driver::maintain(&**conn).await
         }
         .await;
         if let Err(e) = result {
