@@ -49,15 +49,15 @@ mod error;
 mod job;
 mod lease;
 mod metrics;
+mod pool;
 pub mod testing;
-mod worker;
 
 pub use client::{enqueue, enqueue_many, Client};
 pub use error::Error;
 pub use job::{EnqueueOptions, Enqueued, Job};
 pub use lease::Lease;
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use worker::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
+pub use pool::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
 
 /// The `pg_commitq` version this client speaks to: the workspace version.
 pub const EXTENSION_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,229 @@
+//! The executor: runs one claimed job. It waits for a handler slot, runs
+//! the handler under heartbeats and a timeout, and reports a failure,
+//! snoozes the job or hands it back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::{driver, Client, Error};
+
+use super::completer::Completion;
+use super::context::{JobContext, Outcome, RunError};
+use super::producer::{Slots, Waiting};
+use super::{Claimed, Shared, WorkerPoolBuilder};
+
+/// Wait for a handler slot, run the job's handler under heartbeats, then
+/// report how it went.
+pub(super) async fn run_job(
+    shared: Arc<Shared>,
+    job: Claimed,
+    claimed: Option<OwnedSemaphorePermit>,
+    slots: Slots,
+    waiting: Waiting,
+) {
+    let cfg = &shared.cfg;
+    let span = info_span!("job", queue = %job.queue, kind = %job.kind, id = job.job_id, attempt = job.attempt);
+    async {
+        let cancel = shared.hard_stop.child_token();
+        let lost = Arc::new(AtomicBool::new(false));
+        // From the claim on, also while the job waits for a handler slot.
+        let heartbeat = tokio::spawn(heartbeat(
+            cfg.client.clone(),
+            job.job_id,
+            job.lease_token,
+            cfg.lease,
+            cancel.clone(),
+            lost.clone(),
+        ));
+        // A job taken by a completion (no claim slot yet) waits for a claim
+        // slot like the claim loops do, then for a handler slot; without
+        // prefetch a claimed job finds a handler slot free. A job still
+        // waiting when the pool stops is handed back unstarted; one whose
+        // lease was lost meanwhile belongs to someone else now.
+        let slots_free = async {
+            let claimed = match claimed {
+                Some(p) => p,
+                None => slots.claim.clone().acquire_owned().await.expect("semaphore never closed"),
+            };
+            let running = slots.run.clone().acquire_owned().await.expect("semaphore never closed");
+            (claimed, running)
+        };
+        let _slots = tokio::select! {
+            biased;
+            p = slots_free => p,
+            _ = shared.stopping.cancelled() => {
+                heartbeat.abort();
+                drop(waiting);
+                hand_back(cfg, &job).await;
+                return;
+            }
+            _ = cancel.cancelled() => {
+                drop(waiting);
+                heartbeat.abort();
+                if lost.load(Ordering::SeqCst) {
+                    cfg.metrics.add_lost_lease();
+                    warn!("lease lost while waiting for a handler; the job will run again elsewhere");
+                } else {
+                    hand_back(cfg, &job).await;
+                }
+                return;
+            }
+        };
+        drop(waiting);
+        cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
+        let ctx = JobContext {
+            job_id: job.job_id,
+            lease_token: job.lease_token,
+            attempt: job.attempt,
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+            client: cfg.client.clone(),
+            cancel: cancel.clone(),
+            completed: Arc::new(AtomicBool::new(false)),
+        };
+        let Some(handler) = cfg.handlers.get(job.kind.as_str()).cloned() else {
+            let error = format!("no handler for kind {:?} in this worker", job.kind);
+            report_failure(cfg, &job, &error, false).await;
+            return;
+        };
+
+        // The handler runs in its own task so that a panic is caught here.
+        let mut task = tokio::spawn(handler(ctx.clone(), job.args.clone()));
+        let result = tokio::select! {
+            r = tokio::time::timeout(cfg.job_timeout, &mut task) => match r {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(join)) => Some(Err(RunError::Handler(panic_message(join)))),
+                Err(_) => {
+                    task.abort();
+                    Some(Err(RunError::Handler(format!("timed out after {:?}", cfg.job_timeout))))
+                }
+            },
+            _ = shared.hard_stop.cancelled() => {
+                task.abort();
+                None
+            }
+        };
+        heartbeat.abort();
+
+        if lost.load(Ordering::SeqCst) {
+            // Another worker may hold the job now: report nothing.
+            cfg.metrics.add_lost_lease();
+            warn!("lease lost while running; the job will run again elsewhere");
+            return;
+        }
+        match result {
+            // Cut short by shutdown (the handler may have returned its own
+            // error on seeing the cancellation): not a failure of the job.
+            None | Some(Err(_)) if shared.hard_stop.is_cancelled() => hand_back(cfg, &job).await,
+            None => hand_back(cfg, &job).await,
+            Some(Ok(Outcome::Complete)) => {
+                if ctx.completed.load(Ordering::SeqCst) {
+                    cfg.metrics.add_completed(1);
+                } else {
+                    let _ = shared.completions.send(Completion {
+                        job_id: job.job_id,
+                        lease_token: job.lease_token,
+                        next_runs_on: job.keyed.then_some(slots),
+                    });
+                }
+            }
+            Some(Ok(Outcome::Snooze(delay))) => snooze(cfg, &job, delay).await,
+            Some(Err(RunError::Deserialize(e))) => report_failure(cfg, &job, &e, true).await,
+            Some(Err(RunError::Handler(e))) => report_failure(cfg, &job, &e, false).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "handler task was cancelled".into();
+    }
+    let payload = join.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    format!("handler panicked: {text}")
+}
+
+/// Renew the lease every third of it; cancel the handler when the job was
+/// cancelled or the lease is lost.
+async fn heartbeat(
+    client: Client,
+    job_id: i64,
+    token: i64,
+    lease: Duration,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let result = async {
+            let conn = client.pool().get().await?;
+            driver::heartbeat(&**conn, job_id, token).await
+        }
+        .await;
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                debug!("cancellation requested");
+                cancel.cancel();
+            }
+            Err(Error::StaleLease(_) | Error::LeaseExpired(_)) => {
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, discard: bool) {
+    cfg.metrics.add_failed();
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        driver::fail(&**conn, job.job_id, job.lease_token, error, discard).await
+    }
+    .await;
+    match result {
+        Ok(state) if state == "discarded" || state == "cancelled" => {
+            cfg.metrics.add_discarded();
+            warn!(%error, %state, "job failed for good");
+        }
+        Ok(_) => {
+            cfg.metrics.add_retried();
+            warn!(%error, "job failed; it will be retried");
+        }
+        Err(e) => {
+            warn!(%error, report_error = %e, "could not record the failure; the lease will expire and the job be rescued")
+        }
+    }
+}
+
+async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
+    let result = async {
+        let conn = cfg.client.pool().get().await?;
+        driver::snooze(&**conn, job.job_id, job.lease_token, delay).await
+    }
+    .await;
+    match result {
+        Ok(_) => cfg.metrics.add_snoozed(),
+        Err(e) => warn!(error = %e, "could not snooze"),
+    }
+}
+
+/// Shutdown past the grace period: give the job back at once, without
+/// spending its attempt, so another worker can take it.
+pub(super) async fn hand_back(cfg: &WorkerPoolBuilder, job: &Claimed) {
+    snooze(cfg, job, Duration::ZERO).await;
+}
