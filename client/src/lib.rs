@@ -47,16 +47,16 @@ mod client;
 mod driver;
 mod error;
 mod job;
-mod lease;
 mod metrics;
+mod named_lease;
 mod pool;
 pub mod testing;
 
 pub use client::{enqueue, enqueue_many, Client};
 pub use error::Error;
 pub use job::{EnqueueOptions, Enqueued, Job};
-pub use lease::Lease;
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use named_lease::Lease;
 pub use pool::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
 
 /// The `pg_commitq` version this client speaks to: the workspace version.

@@ -1,7 +1,8 @@
 //! Named leases for code outside jobs: "one node builds the queue of build
 //! 42", "one cron runner at a time". The database decides who holds a lease
 //! and hands out fencing tokens that only grow; this module renews a held
-//! lease in the background and gives it back when the work is done.
+//! lease in the background and gives it back when the work is done. The
+//! SQL side is `sql/named_lease.sql`.
 
 use std::time::Duration;
 
