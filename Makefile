@@ -1,5 +1,14 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
-.PHONY: setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+# `make help` lists every target with the `##` comment above it.
+# PG_CONFIG=/path/to/pg_config points every target at another PostgreSQL.
+.PHONY: help setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+.DEFAULT_GOAL := help
+
+## List the targets and what each does.
+help:
+	@awk '/^## /{doc = doc (doc ? " " : "") substr($$0, 4); next} \
+	     /^[a-z-]+:/{if (doc) printf "  \033[1m%-15s\033[0m %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} \
+	     {doc = ""}' $(MAKEFILE_LIST)
 
 ## Install PostgreSQL 15, clang and cargo-pgrx when missing (Debian 12).
 setup:
@@ -13,39 +22,45 @@ demo: setup
 test: setup
 	dev/test.sh
 
-## Build the extension and install it into the system's PostgreSQL 15
-## (for a DBA; then CREATE EXTENSION pg_commitq in a database).
+## Build the extension and install it into the system's PostgreSQL (15, or
+## PG_CONFIG's; for a DBA: then CREATE EXTENSION pg_commitq in a database).
 install: setup
 	dev/install-extension.sh
 
+## Start the project-local cluster (target/pg, port 54329) with the extension built from this checkout.
 cluster-start: setup
 	dev/install-extension.sh
 	dev/cluster.sh start
 
+## Stop the project-local cluster.
 cluster-stop:
 	dev/cluster.sh stop
 
+## Say whether the project-local cluster runs, and where.
 cluster-status:
 	dev/cluster.sh status
 
+## Open psql on the demo database of the project-local cluster.
 psql:
 	dev/cluster.sh psql -d commitq_demo
 
 ## Measure commitq next to raw SQL and other PostgreSQL job queues (installed
 ## from package registries) on the project-local cluster; writes results/ and
-## the README's performance tables. `make bench-quick` for a short run.
+## the performance tables of docs/performance.md.
 bench: setup
 	tests/bench/run.sh
 
+## A short benchmark run, for a first look (writes results/ only).
 bench-quick: setup
 	tests/bench/run.sh --quick
 
-## The fault-injection suite: short mode (also part of `make test`), and the
-## long one for a release (100,000 jobs, 50 kills, 3 crashes of PostgreSQL).
+## The fault-injection suite, short mode (also part of `make test`).
 faults: setup
 	dev/install-extension.sh
 	cargo run -p commitq-tests --bin faults -- --short
 
+## The fault-injection suite, long mode, for a release (100,000 jobs, 50
+## kills, 3 crashes of PostgreSQL).
 faults-long: setup
 	dev/install-extension.sh
 	cargo run --release -p commitq-tests --bin faults

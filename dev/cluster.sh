@@ -14,7 +14,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bindir=$(/usr/lib/postgresql/15/bin/pg_config --bindir 2>/dev/null || pg_config --bindir)
+. "$root/dev/pg-env.sh"
+bindir=$("$PG_CONFIG" --bindir)
 port=${COMMITQ_PGPORT:-54329}
 
 run_as_owner() {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds pg_commitq from this checkout (release) and installs it into the
-# system's PostgreSQL 15, which the project-local cluster runs. Quiet unless
+# system's PostgreSQL (PG_CONFIG, see dev/pg-env.sh), which the project-local cluster runs. Quiet unless
 # it fails.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+. "$root/dev/pg-env.sh"
 mkdir -p "$root/target"
 log=$root/target/install-extension.log
 sudo=()

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs what building and testing commitq needs on Debian 12: PostgreSQL 15
-# with its server headers, clang for pgrx's bindings, and cargo-pgrx. Safe to
-# run again: each step is skipped when its result is already there.
+# Installs what building and testing commitq needs on Debian 12: PostgreSQL
+# (15 unless PG_CONFIG names another, see dev/pg-env.sh) with its server
+# headers, clang for pgrx's bindings, and cargo-pgrx. Safe to run again:
+# each step is skipped when its result is already there.
 set -euo pipefail
 
 PGRX_VERSION=0.18.0
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo make)
+. "$(dirname "$0")/pg-env.sh"
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo make)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -32,7 +33,7 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
 fi
 
-if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    say "registering PostgreSQL 15 with pgrx"
-    cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+if ! grep -qs "$PGRX_PG = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+    say "registering PostgreSQL $PG_MAJOR with pgrx"
+    cargo pgrx init "--$PGRX_PG" "$PG_CONFIG" >/dev/null
 fi

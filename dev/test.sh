@@ -12,6 +12,7 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. dev/pg-env.sh
 
 passed=()
 failed=()
@@ -39,7 +40,7 @@ pg_test() {
         mkdir -p "$dir" && chown postgres "$dir"
         runas=(--runas postgres --pgdata "$dir/data")
     fi
-    (cd extension && cargo pgrx test pg15 "${runas[@]}")
+    (cd extension && cargo pgrx test "$PGRX_PG" "${runas[@]}")
 }
 
 install_and_start() {

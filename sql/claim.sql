@@ -20,6 +20,20 @@ CREATE TYPE commitq.claimed_job AS (
     errors jsonb
 );
 
+-- The claimed_job row of a job: what every claim path returns (claim, the
+-- keyed claim in concurrency_keys.sql, the take path of complete_and_take).
+-- Plain SQL without a SET clause so that the planner inlines it into the
+-- calling statement; a test (claimed_row_is_inlined) checks that it does.
+-- It resolves nothing on the search_path: a row constructor and a cast to a
+-- qualified type.
+CREATE FUNCTION commitq._claimed_row(j commitq.jobs) RETURNS commitq.claimed_job
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+               j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+               j.idempotency_key, j.errors)::commitq.claimed_job
+$$;
+
 -- Claim up to max_jobs due jobs of a queue, in priority, run_at, id order.
 -- Each claimed job gets a lease until now() + lease and a lease token larger
 -- than any earlier token of that job; pass both to complete/fail/heartbeat.
@@ -65,7 +79,7 @@ BEGIN
 
     -- One statement claims the jobs without a concurrency key among the
     -- next max_jobs in claim order. Keyed ones among them stay locked by us
-    -- and go to _claim_keyed (concurrency.sql), which also needs a slot of
+    -- and go to _claim_keyed (concurrency_keys.sql), which also needs a slot of
     -- their key.
     WITH picked AS (
         -- A job handed its key's slot already holds it: it is claimed like
@@ -78,7 +92,7 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     ), claimed AS (
         -- The same SET list is written out in _claim_keyed and in
-        -- _promote_blocked's take path (concurrency.sql); a test
+        -- _promote_blocked's take path (concurrency_keys.sql); a test
         -- (every_claim_path_writes_the_same_bookkeeping) checks they agree.
         UPDATE commitq.jobs j
            SET state = 'running',
@@ -93,9 +107,7 @@ BEGIN
          -- could be planned as a scan of the whole table (the plan is made
          -- once, not knowing how many jobs a call wants).
          WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked WHERE picked.ck IS NULL))
-        RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-                      j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-                      j.idempotency_key, j.errors)::commitq.claimed_job AS r
+        RETURNING commitq._claimed_row(j) AS r
     )
     SELECT (SELECT array_agg(claimed.r) FROM claimed),
            (SELECT count(*) FROM picked),
@@ -126,52 +138,5 @@ BEGIN
         INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
         ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
     END IF;
-END
-$$;
-
--- A worker that stops claiming from a queue says so, so that enqueues stop
--- sending it NOTIFYs at once instead of until maintain() prunes its entry
--- (a notifying transaction commits alone: see waiting_workers).
-CREATE FUNCTION commitq.stop_waiting(queue text, worker text)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM commitq._check(coalesce(commitq._queue_problem(stop_waiting.queue), CASE
-        WHEN stop_waiting.worker IS NULL THEN 'worker must not be NULL' END));
-    DELETE FROM commitq.waiting_workers w
-     WHERE w.queue = stop_waiting.queue AND w.worker = stop_waiting.worker;
-END
-$$;
-
--- A worker's loop in one call and one transaction: complete the jobs it has
--- finished, then claim the next batch. Halves the commits of a busy worker.
--- Completions whose lease was lost are skipped with a WARNING (their jobs
--- run again elsewhere); use complete_many to see which.
-CREATE FUNCTION commitq.complete_and_claim(
-    job_ids bigint[],
-    lease_tokens bigint[],
-    queue text,
-    worker text,
-    max_jobs integer DEFAULT 1,
-    lease interval DEFAULT '5 minutes')
-RETURNS SETOF commitq.claimed_job
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_lost integer;
-BEGIN
-    PERFORM commitq._check(commitq._batch_problem(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
-    v_lost := cardinality(complete_and_claim.job_ids)
-            - cardinality((commitq._complete_leased(complete_and_claim.job_ids, complete_and_claim.lease_tokens)).done);
-    IF v_lost > 0 THEN
-        RAISE WARNING 'commitq: % of % completions refused: stale or expired lease',
-            v_lost, cardinality(complete_and_claim.job_ids);
-    END IF;
-    RETURN QUERY SELECT * FROM commitq.claim(complete_and_claim.queue, complete_and_claim.worker,
-                                             complete_and_claim.max_jobs, complete_and_claim.lease);
 END
 $$;

@@ -326,3 +326,17 @@ BEGIN
            FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)));
 END
 $$;
+
+-- Whether transaction `x` committed and is visible to a snapshot taken now:
+-- the commit log can say "committed" a moment before a new snapshot stops
+-- counting the transaction as running, and a job gated on it must see its
+-- rows.
+CREATE FUNCTION commitq._xact_committed(x xid8) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN pg_catalog.pg_xact_status(x) = 'committed'
+       AND pg_catalog.pg_visible_in_snapshot(x, pg_catalog.pg_current_snapshot());
+END
+$$;

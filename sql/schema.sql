@@ -163,10 +163,14 @@ CREATE UNLOGGED TABLE commitq.waiting_workers (
 -- exact (no separate counter to drift after a crash or a lost heartbeat).
 -- Rows are created by the first claim of a key and pruned by maintain() once
 -- the key is idle.
+-- The counts are never clamped: a slot given back twice, or a blocked job
+-- counted out twice, would take them below zero, and the CHECKs make that
+-- an error (SQLSTATE 23514) in the transaction that does it, instead of a
+-- count that reads 0 and hides the fault.
 CREATE TABLE commitq.concurrency_keys (
     key          text PRIMARY KEY,
-    running      integer NOT NULL DEFAULT 0,
-    blocked      integer NOT NULL DEFAULT 0,
+    running      integer NOT NULL DEFAULT 0 CHECK (running >= 0),
+    blocked      integer NOT NULL DEFAULT 0 CHECK (blocked >= 0),
     max_running  integer NOT NULL
 ) WITH (
     -- Every claim and release of a keyed job rewrites its key's row: room on

@@ -1,83 +1,23 @@
-//! Argument checks shared by the SQL functions, and the CQ001 error they
-//! raise.
+//! The argument checks that commitq's SQL functions call: each applies the
+//! rules of `rules.rs` to SQL arguments and returns what is wrong, or NULL,
+//! and `commitq._check` raises it as SQLSTATE CQ001.
 //!
-//! They run on every claim and completion. As PL/pgSQL and SQL helpers,
-//! each with its own pinned search_path, they cost about 0.07 ms a call (a
-//! GUC save and restore and a function set-up per call, measured with
-//! pg_stat_statements); as C they cost next to nothing. None runs SQL, so
-//! none depends on a search_path.
+//! Their SQL declarations are written by hand in `sql/checks.sql` (hence
+//! `sql = false`), so that sql/ shows every function's signature; there
+//! too is why they are in Rust.
 
-use std::ffi::{c_char, c_int, CStr, CString};
-use std::ptr;
+use std::ffi::CStr;
 
 use pgrx::prelude::*;
 use pgrx::{pg_getarg, pg_sys};
 
-use crate::validate::{is_printable_key, MAX_KEY_LEN};
-
-/// SQLSTATE CQ001, commitq's "invalid argument" (MAKE_SQLSTATE('C','Q','0','0','1')).
-const CQ001: c_int =
-    sixbit(b'C') | sixbit(b'Q') << 6 | sixbit(b'0') << 12 | sixbit(b'0') << 18 | sixbit(b'1') << 24;
-
-const fn sixbit(c: u8) -> c_int {
-    ((c - b'0') & 0x3F) as c_int
-}
-
-// PostgreSQL's error reporting, called directly: pgrx's own ereport knows
-// only the standard SQLSTATEs and would report CQ001 as XX000.
-unsafe extern "C-unwind" {
-    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
-    fn errcode(sqlerrcode: c_int) -> c_int;
-    fn errmsg(fmt: *const c_char, ...) -> c_int;
-    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
-}
-
-/// Raise CQ001 with "commitq: <problem>", the error of every commitq
-/// function for bad input.
-///
-/// # Safety
-/// ereport(ERROR) leaves by longjmp: the caller must hold no value with a
-/// destructor in any Rust frame between here and PostgreSQL, since none of
-/// them will run. `problem` itself is freed here before the jump.
-pub unsafe fn raise_cq001(problem: String) -> ! {
-    let message = CString::new(format!("commitq: {problem}")).unwrap_or_default();
-    drop(problem);
-    unsafe {
-        if errstart(pgrx::PgLogLevel::ERROR as c_int, ptr::null()) {
-            errcode(CQ001);
-            // errmsg copies the text, so it can be freed before the jump.
-            errmsg(c"%s".as_ptr(), message.as_ptr());
-            drop(message);
-            errfinish(
-                c"checks.rs".as_ptr(),
-                line!() as c_int,
-                c"raise_cq001".as_ptr(),
-            );
-        }
-    }
-    unreachable!("ereport(ERROR) returned")
-}
-
-/// Define `pg_finfo_<name>`, the record PostgreSQL looks for beside a C
-/// function declared in SQL as `LANGUAGE c AS 'MODULE_PATHNAME', '<name>'`
-/// (PG_FUNCTION_INFO_V1).
-macro_rules! finfo_v1 {
-    ($finfo:ident) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record =
-                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
-pub(crate) use finfo_v1;
+use crate::errors::{finfo_v1, raise_cq001};
+use crate::rules::{self, is_printable_key, lease_in_range, MAX_KEY_LEN};
 
 finfo_v1!(pg_finfo_commitq_check);
 
 /// `commitq._check(problem text)`: raise CQ001 with the problem, if there is
-/// one. Declared in sql/internal.sql.
+/// one. Declared in sql/checks.sql.
 ///
 /// # Safety
 /// Called by PostgreSQL's function manager with one text argument.
@@ -93,15 +33,8 @@ pub unsafe extern "C-unwind" fn commitq_check(fcinfo: pg_sys::FunctionCallInfo) 
     }
 }
 
-/// Whether a lease or ttl lies within 1 second..7 days, compared as a whole
-/// interval, as PostgreSQL compares intervals (a month is 30 days).
-fn lease_in_range(lease: Interval) -> bool {
-    const SECOND: i128 = 1_000_000;
-    (SECOND..=7 * 86_400 * SECOND).contains(&lease.as_micros())
-}
-
 /// What is wrong with the worker name and lease interval of a claim, or NULL.
-#[pg_extern(immutable, parallel_safe, name = "_worker_lease_problem")]
+#[pg_extern(sql = false)]
 pub fn worker_lease_problem(worker: Option<&str>, lease: Option<Interval>) -> Option<String> {
     let Some(worker) = worker else {
         return Some("worker must not be NULL".into());
@@ -111,7 +44,7 @@ pub fn worker_lease_problem(worker: Option<&str>, lease: Option<Interval>) -> Op
     }
     match lease {
         None => Some("lease NULL out of range 1 second..7 days".into()),
-        Some(l) if !lease_in_range(l) => {
+        Some(l) if !lease_in_range(l.as_micros()) => {
             // interval_out returns a C string, not text.
             let shown: Option<&CStr> =
                 unsafe { pgrx::direct_function_call(pg_sys::interval_out, &[l.into_datum()]) };
@@ -125,7 +58,7 @@ pub fn worker_lease_problem(worker: Option<&str>, lease: Option<Interval>) -> Op
 }
 
 /// What is wrong with a batch of (job_id, lease_token) pairs, or NULL.
-#[pg_extern(immutable, parallel_safe, name = "_batch_problem")]
+#[pg_extern(sql = false)]
 pub fn batch_problem(ids: Option<Array<i64>>, tokens: Option<Array<i64>>) -> Option<String> {
     match (ids, tokens) {
         (Some(ids), Some(tokens)) if ids.len() == tokens.len() => None,
@@ -137,7 +70,7 @@ pub fn batch_problem(ids: Option<Array<i64>>, tokens: Option<Array<i64>>) -> Opt
 /// What is wrong with the name, owner and ttl of a named lease, or NULL.
 /// Names follow the rule for keys (no control characters, whatever the
 /// database's locale); a ttl the range of a claim's lease.
-#[pg_extern(immutable, parallel_safe, name = "_lease_args_problem")]
+#[pg_extern(sql = false)]
 pub fn lease_args_problem(
     name: Option<&str>,
     owner: Option<&str>,
@@ -153,8 +86,46 @@ pub fn lease_args_problem(
         (_, Some(owner), _) if owner.is_empty() || owner.len() > MAX_KEY_LEN => {
             "owner must be 1 to 255 bytes"
         }
-        (_, _, Some(ttl)) if !lease_in_range(ttl) => "ttl out of range 1 second..7 days",
+        (_, _, Some(ttl)) if !lease_in_range(ttl.as_micros()) => "ttl out of range 1 second..7 days",
         _ => return None,
     };
     Some(problem.into())
+}
+
+/// Everything that can be wrong with one job, with the args limit of the
+/// setting `commitq.max_args_bytes`.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+pub fn job_problem(
+    queue: Option<&str>,
+    kind: Option<&str>,
+    args_type: Option<&str>,
+    args_bytes: Option<i32>,
+    priority: Option<i32>,
+    max_attempts: Option<i32>,
+    run_at_finite: Option<bool>,
+    idempotency_key: Option<&str>,
+    concurrency_key: Option<&str>,
+) -> Option<String> {
+    rules::job_problem(
+        queue,
+        kind,
+        args_type,
+        args_bytes,
+        priority,
+        max_attempts,
+        run_at_finite,
+        idempotency_key,
+        concurrency_key,
+        crate::settings::MAX_ARGS_BYTES.get(),
+    )
+}
+
+/// The same check for queue names alone, for functions that take only a queue.
+#[pg_extern(sql = false)]
+pub fn queue_problem_sql(queue: Option<&str>) -> Option<String> {
+    match queue {
+        None => Some("queue must not be NULL".into()),
+        Some(q) => rules::queue_problem(q),
+    }
 }

@@ -24,8 +24,8 @@ use std::ptr;
 use pgrx::prelude::*;
 use pgrx::{pg_getarg, pg_getarg_datum_raw, pg_sys, IntoDatum};
 
-use crate::checks::raise_cq001;
-use crate::validate::job_problem;
+use crate::errors::raise_cq001;
+use crate::rules::job_problem;
 
 // Both statements take the nine arguments of commitq.enqueue, in order.
 
@@ -81,7 +81,7 @@ thread_local! {
     static RESULT_DESC: Cell<pg_sys::TupleDesc> = const { Cell::new(ptr::null_mut()) };
 }
 
-crate::checks::finfo_v1!(pg_finfo_commitq_enqueue);
+crate::errors::finfo_v1!(pg_finfo_commitq_enqueue);
 
 /// `commitq.enqueue(queue, kind, args, priority, run_at, max_attempts,
 /// idempotency_key, concurrency_key, after_xact) -> (job_id, inserted)`.
@@ -129,6 +129,7 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
                 Some(finite),
                 pg_getarg(fcinfo, IDEMPOTENCY_KEY),
                 pg_getarg(fcinfo, CONCURRENCY_KEY),
+                crate::settings::MAX_ARGS_BYTES.get(),
             )
         };
         if let Some(problem) = problem {

@@ -1,17 +1,20 @@
 //! `pg_commitq`: the PostgreSQL extension behind commitq.
 //!
 //! The queue itself is plain SQL in `sql/` (one file per concern), loaded
-//! here in dependency order so a DBA can read exactly what runs. Rust is kept
-//! for what SQL cannot do well or fast enough: argument checks called on
-//! every claim and completion (`checks`, `validate`), and the single-job
-//! `commitq.enqueue` (`enqueue`), the call every producer makes.
+//! here in dependency order so a DBA can read exactly what runs; every
+//! function, those written in Rust included, is declared there. Rust is kept
+//! for what SQL cannot do well or fast enough: the argument checks called on
+//! every claim and completion (`checks`, applying the rules of `rules`), and
+//! the single-job `commitq.enqueue` (`enqueue`), the call every producer
+//! makes. `errors` raises commitq's own SQLSTATE from Rust.
 
 use pgrx::prelude::*;
 
 mod checks;
 mod enqueue;
+mod errors;
+mod rules;
 mod settings;
-mod validate;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -20,53 +23,70 @@ pub extern "C-unwind" fn _PG_init() {
     settings::define();
 }
 
-// Tables, types, sequences and settings come first; everything else builds on them.
+// The SQL files, in the order the install script runs them. A file comes
+// after those whose objects it uses at creation time (types, and the
+// functions a LANGUAGE sql body names); PL/pgSQL bodies are resolved when
+// they first run, so the order also follows the reading order of docs.
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
-    "../../sql/internal.sql",
-    name = "internal",
+    "../../sql/checks.sql",
+    name = "checks",
     requires = ["schema"]
+);
+extension_sql_file!(
+    "../../sql/job_lease.sql",
+    name = "job_lease",
+    requires = ["checks"]
+);
+extension_sql_file!(
+    "../../sql/wakeup.sql",
+    name = "wakeup",
+    requires = ["checks"]
+);
+extension_sql_file!(
+    "../../sql/retry.sql",
+    name = "retry",
+    requires = ["job_lease", "wakeup"]
 );
 extension_sql_file!(
     "../../sql/enqueue.sql",
     name = "enqueue",
-    requires = ["internal"]
+    requires = ["wakeup"]
 );
 extension_sql_file!(
     "../../sql/claim.sql",
     name = "claim",
-    requires = ["internal"]
+    requires = ["enqueue", "wakeup"]
 );
 extension_sql_file!(
-    "../../sql/concurrency.sql",
-    name = "concurrency",
+    "../../sql/concurrency_keys.sql",
+    name = "concurrency_keys",
     requires = ["claim"]
 );
 extension_sql_file!(
-    "../../sql/lease.sql",
-    name = "lease",
-    // complete_and_take returns commitq.claimed_job
-    requires = ["claim"]
+    "../../sql/finish.sql",
+    name = "finish",
+    requires = ["concurrency_keys", "retry"]
 );
 extension_sql_file!(
-    "../../sql/operator.sql",
-    name = "operator",
-    requires = ["internal"]
+    "../../sql/cancel.sql",
+    name = "cancel",
+    requires = ["concurrency_keys"]
 );
 extension_sql_file!(
     "../../sql/maintain.sql",
     name = "maintain",
-    requires = ["internal"]
+    requires = ["finish"]
 );
 extension_sql_file!(
     "../../sql/named_lease.sql",
     name = "named_lease",
-    requires = ["internal"]
+    requires = ["checks"]
 );
 extension_sql_file!(
-    "../../sql/effect.sql",
-    name = "effect",
-    requires = ["internal"]
+    "../../sql/effect_ledger.sql",
+    name = "effect_ledger",
+    requires = ["job_lease"]
 );
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
@@ -120,6 +140,43 @@ mod tests {
         .unwrap();
         let second: i64 = scalar("SELECT lease_token FROM commitq.claim('q', 'w2', 1, '1 minute')");
         assert!(second > first, "{second} should exceed {first}");
+    }
+
+    /// The claimed_job row is written once, in commitq._claimed_row, and the
+    /// planner inlines it: the claim paths pay no function call per job. An
+    /// UPDATE ... RETURNING of the same form as theirs must show the row
+    /// constructor in its plan, not the function.
+    #[pg_test]
+    fn claimed_row_is_inlined() {
+        let plan = Spi::connect(|client| {
+            client
+                .select(
+                    "EXPLAIN (VERBOSE, COSTS OFF)
+                     UPDATE commitq.jobs j SET attempt = j.attempt + 1 WHERE j.id = 1
+                     RETURNING commitq._claimed_row(j)",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(!plan.contains("_claimed_row"), "not inlined:\n{plan}");
+        assert!(plan.contains("ROW(j.id"), "unexpected plan:\n{plan}");
+    }
+
+    /// A key's slot given back twice is an error, not a count clamped at
+    /// zero that would hide the fault from every "slots come back" check.
+    #[pg_test(
+        error = "new row for relation \"concurrency_keys\" violates check constraint \"concurrency_keys_running_check\""
+    )]
+    fn a_slot_given_back_twice_raises() {
+        Spi::run("SELECT commitq.enqueue('q', 'k', '{}', concurrency_key => 'account:1')").unwrap();
+        let claimed: i64 = scalar("SELECT count(*) FROM commitq.claim('q', 'w', 1, '1 minute')");
+        assert_eq!(claimed, 1);
+        Spi::run("SELECT commitq._release_keys(ARRAY['account:1'])").unwrap();
+        Spi::run("SELECT commitq._release_keys(ARRAY['account:1'])").unwrap();
     }
 
     /// A malformed queue name is rejected with commitq's invalid-argument SQLSTATE.

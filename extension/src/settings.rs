@@ -24,7 +24,7 @@ pub fn define() {
 
 /// `commitq.max_args_bytes` as a number of bytes (`current_setting` would
 /// give it with a unit, such as `1MB`).
-#[pgrx::pg_extern(stable, parallel_safe, name = "_max_args_bytes")]
+#[pgrx::pg_extern(sql = false)]
 pub fn max_args_bytes() -> i32 {
     MAX_ARGS_BYTES.get()
 }

@@ -6,7 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 eval "$("$root/dev/cluster.sh" env)"
-regress=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress
+. "$root/dev/pg-env.sh"
+regress=$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress
 out=$root/target/isolation
 rm -rf "$out" && mkdir -p "$out"
 

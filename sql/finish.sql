@@ -1,7 +1,29 @@
--- Calls a worker makes under a lease: complete, fail, heartbeat, snooze, and
--- assert_lease for fencing its own writes. Each takes (job_id, lease_token)
--- and does nothing but raise when that lease is not the job's current, live
--- lease: CQ102 (stale: the job moved on) or CQ103 (expired).
+-- Finishing a job, and the calls a worker makes while it runs one:
+-- complete (alone, in batches, or with the next claim or the next job of a
+-- key), fail, heartbeat and snooze. Each takes (job_id, lease_token) and
+-- changes nothing but raises when that lease is not the job's current, live
+-- lease (job_lease.sql).
+
+-- Move jobs from the live table to finished_jobs in one statement.
+CREATE FUNCTION commitq._move_to_finished(p_ids bigint[], p_state commitq.job_state)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH moved AS (
+        DELETE FROM commitq.jobs WHERE id = ANY (p_ids) RETURNING *
+    )
+    INSERT INTO commitq.finished_jobs
+        (id, queue, kind, args, state, priority, run_at, attempt, max_attempts, lease_token,
+         worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, finished_at)
+    SELECT id, queue, kind, args, p_state, priority, run_at, attempt, max_attempts, lease_token,
+           worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, pg_catalog.now()
+      FROM moved
+    RETURNING id;
+END
+$$;
 
 -- Complete every job of the batch whose (job_id, lease_token) is its
 -- current, live lease; `done` holds the ids completed, `done_keys` and
@@ -153,6 +175,36 @@ BEGIN
 END
 $$;
 
+-- A worker's loop in one call and one transaction: complete the jobs it has
+-- finished, then claim the next batch. Halves the commits of a busy worker.
+-- Completions whose lease was lost are skipped with a WARNING (their jobs
+-- run again elsewhere); use complete_many to see which.
+CREATE FUNCTION commitq.complete_and_claim(
+    job_ids bigint[],
+    lease_tokens bigint[],
+    queue text,
+    worker text,
+    max_jobs integer DEFAULT 1,
+    lease interval DEFAULT '5 minutes')
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_lost integer;
+BEGIN
+    PERFORM commitq._check(commitq._batch_problem(complete_and_claim.job_ids, complete_and_claim.lease_tokens));
+    v_lost := cardinality(complete_and_claim.job_ids)
+            - cardinality((commitq._complete_leased(complete_and_claim.job_ids, complete_and_claim.lease_tokens)).done);
+    IF v_lost > 0 THEN
+        RAISE WARNING 'commitq: % of % completions refused: stale or expired lease',
+            v_lost, cardinality(complete_and_claim.job_ids);
+    END IF;
+    RETURN QUERY SELECT * FROM commitq.claim(complete_and_claim.queue, complete_and_claim.worker,
+                                             complete_and_claim.max_jobs, complete_and_claim.lease);
+END
+$$;
+
 -- Record a failed attempt. The job is retried after an exponential backoff
 -- with jitter (or after retry_in, when given), or discarded, with its error
 -- history kept, once it has used max_attempts or when discard is true (a
@@ -266,19 +318,5 @@ BEGIN
         PERFORM commitq._wake(j.queue);
     END IF;
     RETURN v_run_at;
-END
-$$;
-
--- Raise CQ102/CQ103 unless (job_id, lease_token) is the job's current, live
--- lease, and hold the job's row lock until the caller's transaction ends, so
--- the lease cannot move on before the caller's own writes commit. Put it in
--- application SQL to fence writes made on behalf of a job.
-CREATE FUNCTION commitq.assert_lease(job_id bigint, lease_token bigint)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM commitq._locked_lease(assert_lease.job_id, assert_lease.lease_token);
 END
 $$;

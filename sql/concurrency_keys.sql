@@ -154,9 +154,7 @@ BEGIN
                    claimed_at = now(),
                    slot_held = false
              WHERE j.id = ANY (ARRAY(SELECT chosen.id FROM chosen))
-            RETURNING ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-                          j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-                          j.idempotency_key, j.errors)::commitq.claimed_job AS r
+            RETURNING commitq._claimed_row(j) AS r
         ), left_over AS (
             -- Keyed candidates whose key row was busy, or missing.
             SELECT cand.id, cand.ck, cand.ord FROM cand
@@ -258,10 +256,7 @@ BEGIN
                slot_held = false
          WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE next.take))
            AND CASE WHEN j.state = 'blocked' THEN true END
-        RETURNING j.concurrency_key,
-                  ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
-                      j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-                      j.idempotency_key, j.errors)::commitq.claimed_job AS r
+        RETURNING j.concurrency_key, commitq._claimed_row(j) AS r
     ), per_key AS (
         SELECT s.key, count(*) AS n
           FROM (SELECT handed.concurrency_key AS key FROM handed
@@ -270,7 +265,7 @@ BEGIN
          GROUP BY s.key
     ), counted AS (
         UPDATE commitq.concurrency_keys c
-           SET blocked = greatest(c.blocked - per_key.n, 0),
+           SET blocked = c.blocked - per_key.n,
                running = c.running + per_key.n
           FROM per_key
          WHERE c.key = ANY (ARRAY(SELECT per_key.key FROM per_key))
@@ -322,7 +317,7 @@ BEGIN
          GROUP BY t.k
     ), given AS (
         UPDATE commitq.concurrency_keys c
-           SET running = greatest(c.running - per_key.n, 0)
+           SET running = c.running - per_key.n
           FROM per_key
          -- `= ANY`: an index lookup in any plan (see commitq.claim)
          WHERE c.key = ANY (p_keys) AND c.key = per_key.key

@@ -1,9 +1,7 @@
-//! Validation of enqueue arguments, called once per job by the SQL in
-//! `sql/enqueue.sql`. It is Rust so that a bulk enqueue of 100,000 jobs pays a
-//! plain C function call per row rather than a PL/pgSQL call, and so the rules
-//! live in one place for single and bulk enqueue alike.
-
-use pgrx::prelude::*;
+//! The rules of what commitq accepts: queue names, kinds, keys, leases.
+//! Plain Rust, with nothing of PostgreSQL, so that one definition serves
+//! every caller: the SQL check functions (`checks.rs`) and the single-job
+//! enqueue (`enqueue.rs`).
 
 /// Longest queue name. `'commitq:' || queue` must fit a NOTIFY channel (63 bytes).
 pub const MAX_QUEUE_LEN: usize = 48;
@@ -65,9 +63,9 @@ pub fn key_problem(what: &str, key: &str) -> Option<String> {
 }
 
 /// Everything that can be wrong with one job, as a message, or NULL when the
-/// job may be enqueued. The caller raises SQLSTATE CQ001 with the message.
+/// job may be enqueued, args larger than `max_args_bytes` included. The caller
+/// raises SQLSTATE CQ001 with the message.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(stable, parallel_safe, name = "_job_problem")]
 pub fn job_problem(
     queue: Option<&str>,
     kind: Option<&str>,
@@ -78,6 +76,7 @@ pub fn job_problem(
     run_at_finite: Option<bool>,
     idempotency_key: Option<&str>,
     concurrency_key: Option<&str>,
+    max_args_bytes: i32,
 ) -> Option<String> {
     let Some(queue) = queue else {
         return Some("queue must not be NULL".into());
@@ -93,7 +92,6 @@ pub fn job_problem(
         Some("object") => {}
         Some(other) => return Some(format!("args must be a JSON object, not {other}")),
     }
-    let max_args_bytes = crate::settings::MAX_ARGS_BYTES.get();
     if let Some(bytes) = args_bytes.filter(|b| *b > max_args_bytes) {
         return Some(format!(
             "args too large: {bytes} bytes, limit is {max_args_bytes} (setting commitq.max_args_bytes)"
@@ -127,11 +125,10 @@ pub fn job_problem(
         .or_else(|| concurrency_key.and_then(|k| key_problem("concurrency_key", k)))
 }
 
-/// The same check for queue names alone, for functions that take only a queue.
-#[pg_extern(immutable, parallel_safe, name = "_queue_problem")]
-pub fn queue_problem_sql(queue: Option<&str>) -> Option<String> {
-    match queue {
-        None => Some("queue must not be NULL".into()),
-        Some(q) => queue_problem(q),
-    }
+/// Whether a lease or ttl of `micros` microseconds lies within 1 second..7
+/// days (an interval compared as a whole, as PostgreSQL compares intervals:
+/// a month is 30 days).
+pub fn lease_in_range(micros: i128) -> bool {
+    const SECOND: i128 = 1_000_000;
+    (SECOND..=7 * 86_400 * SECOND).contains(&micros)
 }

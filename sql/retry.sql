@@ -1,43 +1,43 @@
--- Operator actions on single jobs.
+-- Retrying: a failed attempt (commitq.fail) or a lease that ran out
+-- (commitq.maintain) is retried after an exponential backoff with jitter,
+-- until the job has used max_attempts; every error is kept in the job's
+-- bounded error history. An operator runs a job again with commitq.retry.
 
--- Cancel a job. A waiting job (scheduled, available, blocked) is cancelled at once;
--- a running one is flagged: its worker sees cancel_requested on its next
--- heartbeat, and the job ends as cancelled when the worker fails or snoozes
--- it, or when its lease expires. A worker that completes it anyway completes
--- it. Returns the job's state after the call; a finished job is left as is.
-CREATE FUNCTION commitq.cancel(job_id bigint)
-RETURNS commitq.job_state
-LANGUAGE plpgsql SECURITY DEFINER
+-- Delay before retry number `attempt` + 1: exponential, capped, with "equal
+-- jitter" (between half and all of the delay) so that jobs that failed
+-- together do not all come back at the same instant.
+CREATE FUNCTION commitq._backoff(p_attempt integer) RETURNS interval
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    j commitq.jobs;
-    f commitq.job_state;
 BEGIN
-    PERFORM commitq._check(CASE WHEN cancel.job_id IS NULL THEN 'job_id must not be NULL' END);
-    SELECT * INTO j FROM commitq.jobs WHERE id = cancel.job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        SELECT state INTO f FROM commitq.finished_jobs WHERE id = cancel.job_id;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'commitq: job % not found', cancel.job_id USING ERRCODE = 'CQ101';
-        END IF;
-        RETURN f;
-    END IF;
-    IF j.state = 'running' THEN
-        UPDATE commitq.jobs SET cancel_requested = true WHERE id = j.id;
-        RETURN 'running';
-    END IF;
-    PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
-    -- A blocked job leaves its key's count of blocked jobs. An available
-    -- job that was handed a slot of its key gives it back, which passes it
-    -- on to the next blocked job.
-    IF j.state = 'blocked' THEN
-        UPDATE commitq.concurrency_keys k SET blocked = greatest(k.blocked - 1, 0)
-         WHERE k.key = j.concurrency_key;
-    ELSIF j.slot_held THEN
-        PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
-    END IF;
-    RETURN 'cancelled';
+    RETURN (SELECT d * (0.5 + 0.5 * pg_catalog.random())
+              FROM (SELECT LEAST(c.backoff_cap,
+                                 c.backoff_base * pg_catalog.power(2, LEAST(GREATEST(p_attempt, 1) - 1, 40))) AS d
+                      FROM commitq.config c) s);
+END
+$$;
+
+-- Append one error to a job's bounded error history.
+CREATE FUNCTION commitq._push_error(p_errors jsonb, p_attempt integer, p_worker text, p_error text)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (WITH appended AS (
+        SELECT p_errors || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                   'attempt', p_attempt,
+                   'at', pg_catalog.clock_timestamp(),
+                   'worker', p_worker,
+                   'error', pg_catalog.left(p_error, 10000))) AS e
+    )
+    SELECT CASE WHEN pg_catalog.jsonb_array_length(e) > c.error_history
+                THEN (SELECT pg_catalog.jsonb_agg(x ORDER BY i)
+                        FROM pg_catalog.jsonb_array_elements(e) WITH ORDINALITY AS t(x, i)
+                       WHERE i > pg_catalog.jsonb_array_length(e) - c.error_history)
+                ELSE e END
+      FROM appended, commitq.config c);
 END
 $$;
 
