@@ -3,8 +3,8 @@
 //! Procrastinate), every system on the same cluster in the same run, the
 //! systems of a workload interleaved round after round (A B C A B C ...),
 //! the median of the rounds reported with min and max. Writes a markdown
-//! report and a PNG chart to `results/`, and the full run's report into
-//! the README's performance section.
+//! report and a PNG chart to `results/`, and the full run's tables into
+//! docs/performance.md.
 //!
 //!     make bench           # full run (installs the peers first)
 //!     make bench-quick     # 20,000 jobs, 3 s, one round
@@ -53,16 +53,16 @@ struct Args {
     /// minutes for 100,000 jobs, far more with vacuum blocked).
     #[arg(long, default_value_t = 120)]
     drain_seconds: u64,
-    /// Small and fast: 20,000 jobs, 3 seconds, one round; the README is left alone.
+    /// Small and fast: 20,000 jobs, 3 seconds, one round; docs/performance.md is left alone.
     #[arg(long)]
     quick: bool,
     /// Measure only the systems whose family or name contains one of these
     /// comma-separated texts (e.g. `--only raw,pgmq`), or the systems named
-    /// exactly after a `=`, separated by `|`; the README is left alone.
+    /// exactly after a `=`, separated by `|`; docs/performance.md is left alone.
     #[arg(long)]
     only: Option<String>,
     /// Run only these workloads (comma-separated, e.g. `--workloads
-    /// drain,keyed-drain`); the README is left alone.
+    /// drain,keyed-drain`); docs/performance.md is left alone.
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
     /// Print the RSS of a worker pool with 100 busy handlers, measured in
@@ -70,9 +70,10 @@ struct Args {
     /// the figure is of a fresh process).
     #[arg(long, hide = true)]
     memory_probe: bool,
-    /// Do not copy the report into the README.
-    #[arg(long)]
-    no_readme: bool,
+    /// Do not copy the tables into docs/performance.md (`--no-readme` is
+    /// the older name).
+    #[arg(long, alias = "no-readme")]
+    no_tables: bool,
     /// The cluster's port on 127.0.0.1 (`dev/cluster.sh`'s).
     #[arg(long, env = "COMMITQ_PGPORT", default_value_t = 54329)]
     port: u16,
@@ -364,7 +365,7 @@ async fn main() {
         memory,
     };
     let full_run = !args.quick && args.only.is_none() && args.workloads.is_empty();
-    if let Err(e) = report.write(&cluster, full_run, !args.no_readme).await {
+    if let Err(e) = report.write(&cluster, full_run, !args.no_tables).await {
         eprintln!("writing the report: {e}");
         std::process::exit(1);
     }

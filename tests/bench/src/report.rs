@@ -1,6 +1,6 @@
 //! The benchmark's report: markdown tables (medians with min and max, and
 //! the ratios the targets are stated in) and a PNG bar chart, written to
-//! `results/`; a full run also replaces the README's performance tables.
+//! `results/`; a full run also replaces the tables of docs/performance.md.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,9 +21,11 @@ pub struct Report {
     pub memory: Option<Outcome<f64>>,
 }
 
-/// The README's generated part lies between these two lines.
-const README_BEGIN: &str = "<!-- bench:begin (written by `make bench`) -->";
-const README_END: &str = "<!-- bench:end -->";
+/// The page the tables of a full run go to, and its generated part, which
+/// lies between these two lines.
+const TABLES_PAGE: &str = "docs/performance.md";
+const TABLES_BEGIN: &str = "<!-- bench:begin (written by `make bench`) -->";
+const TABLES_END: &str = "<!-- bench:end -->";
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -374,14 +376,15 @@ impl Report {
     }
 
     /// Write `results/bench-<stamp>.{md,png}` and `results/latest.{md,png}`,
-    /// and the README's performance tables.
+    /// and, for a full run unless `tables_page` is false, the tables of
+    /// docs/performance.md.
     /// A partial run (quick, or some systems only) writes to `results/tmp/`,
     /// which is not kept in the repository.
     pub async fn write(
         &self,
         cluster: &Cluster,
         full_run: bool,
-        readme: bool,
+        tables_page: bool,
     ) -> Result<(), String> {
         let project = crate::project_dir();
         let results = match full_run {
@@ -396,7 +399,8 @@ impl Report {
         let chart = match self.chart(&png) {
             Ok(()) => {
                 let _ = std::fs::copy(&png, results.join("latest.png"));
-                Some("results/latest.png")
+                // As seen from docs/performance.md.
+                Some("../results/latest.png")
             }
             Err(e) => {
                 eprintln!("no chart: {e}");
@@ -405,15 +409,15 @@ impl Report {
         };
         let md = self.markdown(cluster, &stamp, chart).await;
         for name in [format!("bench-{file_stamp}.md"), "latest.md".into()] {
-            // The copies in results/ sit one folder below the chart's README path.
-            let text = md.replace("](results/", "](");
+            // The copies in results/ sit next to the chart.
+            let text = md.replace("](../results/", "](");
             std::fs::write(results.join(&name), text).map_err(|e| format!("{name}: {e}"))?;
         }
         println!("{md}");
         eprintln!("wrote {}", results.join("latest.md").display());
-        if full_run && readme {
-            replace_in_readme(&project.join("README.md"), &md)?;
-            eprintln!("updated the README's performance tables");
+        if full_run && tables_page {
+            replace_tables(&project.join(TABLES_PAGE), &md)?;
+            eprintln!("updated the tables of {TABLES_PAGE}");
         }
         Ok(())
     }
@@ -526,15 +530,15 @@ impl Report {
     }
 }
 
-/// Replace the README's lines between the bench markers with `md`.
-fn replace_in_readme(path: &Path, md: &str) -> Result<(), String> {
-    let readme = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (Some(a), Some(b)) = (readme.find(README_BEGIN), readme.find(README_END)) else {
+/// Replace the page's lines between the bench markers with `md`.
+fn replace_tables(path: &Path, md: &str) -> Result<(), String> {
+    let page = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (Some(a), Some(b)) = (page.find(TABLES_BEGIN), page.find(TABLES_END)) else {
         return Err(format!(
-            "{}: no {README_BEGIN} ... {README_END} markers",
+            "{}: no {TABLES_BEGIN} ... {TABLES_END} markers",
             path.display()
         ));
     };
-    let updated = format!("{}{README_BEGIN}\n{md}{}", &readme[..a], &readme[b..]);
+    let updated = format!("{}{TABLES_BEGIN}\n{md}{}", &page[..a], &page[b..]);
     std::fs::write(path, updated).map_err(|e| format!("{}: {e}", path.display()))
 }
