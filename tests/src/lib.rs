@@ -1,8 +1,14 @@
 //! Helpers for commitq's integration tests and benchmarks: each test gets a
 //! database of its own on the project-local cluster (`dev/cluster.sh`), with
-//! `pg_commitq` freshly installed.
+//! `pg_commitq` freshly installed; and the small steps every test file needs
+//! (one number from a query, waiting for a state, running a worker pool in
+//! the background), written once.
 
-use tokio_postgres::{Client, NoTls};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 /// The cluster's connection string, from `COMMITQ_DATABASE_URL`
 /// (`eval "$(dev/cluster.sh env)"` sets it; `make test` does that for you).
@@ -90,6 +96,26 @@ impl TestDb {
     pub fn url_as(&self, role: &str) -> String {
         format!("{} user={role}", self.url)
     }
+
+    /// A commitq client (with its connection pool) on this database.
+    pub async fn client(&self) -> commitq::Client {
+        commitq::Client::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("commitq client on {}: {e}", self.name))
+    }
+}
+
+/// A test's database with the application's own tables (`tables`, SQL run
+/// once), and a commitq client on it.
+pub async fn setup(name: &str, tables: &str) -> (TestDb, commitq::Client) {
+    let db = TestDb::new(name).await;
+    db.connect()
+        .await
+        .batch_execute(tables)
+        .await
+        .unwrap_or_else(|e| panic!("{tables}: {e}"));
+    let client = db.client().await;
+    (db, client)
 }
 
 /// Replace or add `dbname=` in a key=value connection string.
@@ -122,4 +148,198 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
+}
+
+/// Where a test runs its checking queries: a plain connection, or a
+/// connection taken from a commitq client's pool.
+pub trait Sql {
+    /// The one row `sql` returns; panics (naming the statement) otherwise.
+    fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> impl Future<Output = Row> + Send;
+
+    /// Run `sql`, one or several statements without parameters.
+    fn run(&self, sql: &str) -> impl Future<Output = ()> + Send;
+}
+
+impl Sql for Client {
+    async fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Row {
+        self.query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn run(&self, sql: &str) {
+        self.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+impl Sql for commitq::Client {
+    async fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Row {
+        let conn = self.pool().get().await.expect("a pooled connection");
+        conn.query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn run(&self, sql: &str) {
+        let conn = self.pool().get().await.expect("a pooled connection");
+        conn.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// The number a query returns (a count, mostly).
+pub async fn scalar(db: &impl Sql, sql: &str) -> i64 {
+    scalar_with(db, sql, &[]).await
+}
+
+/// The number a query with parameters returns.
+pub async fn scalar_with(db: &impl Sql, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
+    db.row(sql, params).await.get(0)
+}
+
+/// How many jobs are running now.
+pub async fn running_jobs(db: &impl Sql) -> i64 {
+    scalar(
+        db,
+        "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+    )
+    .await
+}
+
+/// Retry at once: a failed job is due again immediately, so tests of
+/// retries need not wait for a backoff.
+pub async fn no_backoff(db: &impl Sql) {
+    db.run("UPDATE commitq.config SET backoff_base = '0', backoff_cap = '0'")
+        .await
+}
+
+/// Everything commitq stores, as text, to prove that a refused call
+/// changed nothing.
+pub async fn everything_stored(db: &impl Sql) -> String {
+    let mut all = String::new();
+    for table in [
+        "jobs",
+        "finished_jobs",
+        "idempotency_keys",
+        "concurrency_keys",
+        "concurrency_limits",
+        "job_effects",
+        "named_leases",
+    ] {
+        let sql = format!(
+            "SELECT coalesce(jsonb_agg(t ORDER BY t::text), '[]')::text FROM commitq.{table} t"
+        );
+        all.push_str(&db.row(&sql, &[]).await.get::<_, String>(0));
+    }
+    all
+}
+
+/// Poll `check` every 20 ms until it holds; fail the test, naming `what`,
+/// after `timeout`. Tests wait for the state they need this way rather than
+/// sleeping a fixed time, so a busy machine makes them slower, not red.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker pool running in the background until [`RunningPool::stop`].
+pub struct RunningPool {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Start `pool` on a task of its own.
+pub fn start_pool(pool: commitq::WorkerPool) -> RunningPool {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(pool.run_until(async move {
+        let _ = stopped.await;
+    }));
+    RunningPool { stop, handle }
+}
+
+impl RunningPool {
+    /// Ask the pool to stop, and wait until it has (graceful shutdown
+    /// included); a panic inside the pool fails the test here.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.expect("the pool ran to its end");
+    }
+}
+
+/// The server's message of a failed call (without the SQLSTATE).
+pub fn error_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// The job of the worker-pool tests: its handlers write `n` and `label` to
+/// the application's table `public.effects` ([`EFFECTS`]), so a test sees
+/// what ran, how often, and on which attempt.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct Record {
+    pub n: i64,
+    pub label: String,
+}
+
+impl commitq::Job for Record {
+    const KIND: &'static str = "record";
+    const QUEUE: &'static str = "effects";
+}
+
+/// A [`Record`] job.
+pub fn record(n: i64, label: &str) -> Record {
+    Record {
+        n,
+        label: label.into(),
+    }
+}
+
+/// The application's table the [`Record`] handlers write to.
+pub const EFFECTS: &str =
+    "CREATE TABLE public.effects (n bigint NOT NULL, label text NOT NULL, attempt int)";
+
+/// What a [`Record`] handler writes: `$1` n, `$2` label, `$3` attempt.
+pub const INSERT_EFFECT: &str =
+    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)";
+
+/// A pool of four handlers that record each job's args in `public.effects`
+/// in the same transaction as its completion.
+pub fn recording_pool(client: &commitq::Client) -> commitq::WorkerPool {
+    use commitq::{Outcome, WorkerPool};
+    WorkerPool::builder(client.clone())
+        .queue("effects", 4)
+        .poll_interval(Duration::from_millis(200))
+        .handle(|ctx, job: Record| async move {
+            let mut conn = ctx.client().pool().get().await?;
+            let tx = conn.transaction().await?;
+            tx.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                .await?;
+            ctx.complete_in(&*tx).await?;
+            tx.commit().await?;
+            Ok(Outcome::Complete)
+        })
+        .build()
+}
+
+/// How many workers are registered as waiting on `queue`: a claim that found
+/// the queue empty registers its worker (so enqueues send it a NOTIFY), and
+/// one that found work clears it. A test that needs "the pool looked and
+/// found nothing" waits for this instead of sleeping.
+pub async fn waiting_on(db: &impl Sql, queue: &str) -> i64 {
+    scalar_with(
+        db,
+        "SELECT count(*) FROM commitq.waiting_workers WHERE queue = $1",
+        &[&queue],
+    )
+    .await
 }
