@@ -1,14 +1,15 @@
 //! Bad input through SQL and through the client: NULL in every argument of
 //! every public function, payloads at and past the size limit, dates at the
-//! edges of the calendar, names with quotes and look-alike letters, a job
-//! kind no worker knows; and a property test of the argument validation
-//! against a model of the documented rules. Each case gets its documented
-//! error or behaviour, and a refused call leaves everything as it was.
+//! edges of the calendar, names with quotes and look-alike letters, numbers
+//! out of range, unknown jobs and stale leases, a job kind no worker knows.
+//! Each case gets its documented error or behaviour, and a refused call
+//! leaves everything as it was. A property test checks the argument
+//! validation against a model of the documented rules.
 
 use std::time::Duration;
 
 use commitq::{Client, EnqueueOptions, Error, Job, Outcome, WorkerPool};
-use commitq_tests::{sqlstate, TestDb};
+use commitq_tests::{error_message, everything_stored, sqlstate, TestDb};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -178,37 +179,6 @@ const CALLS: &[Call] = &[
     ),
 ];
 
-/// The server's message of a failed call.
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
-/// Everything commitq stores, to prove a refused call changed nothing.
-async fn stored(c: &tokio_postgres::Client) -> String {
-    let mut all = String::new();
-    for table in [
-        "jobs",
-        "finished_jobs",
-        "idempotency_keys",
-        "concurrency_keys",
-        "concurrency_limits",
-        "job_effects",
-        "named_leases",
-    ] {
-        let row = c
-            .query_one(
-                &format!("SELECT coalesce(jsonb_agg(t ORDER BY t::text), '[]')::text FROM commitq.{table} t"),
-                &[],
-            )
-            .await
-            .unwrap();
-        all.push_str(&row.get::<_, String>(0));
-    }
-    all
-}
-
 #[tokio::test]
 async fn null_in_any_argument_is_refused_or_means_its_default() {
     let db = TestDb::new("t_bad_nulls").await;
@@ -222,7 +192,7 @@ async fn null_in_any_argument_is_refused_or_means_its_default() {
     )
     .await
     .unwrap();
-    let before = stored(&c).await;
+    let before = everything_stored(&c).await;
     let mut cases = 0;
     for (name, args, nullable) in CALLS {
         let call = |null_at: Option<usize>| {
@@ -256,12 +226,16 @@ async fn null_in_any_argument_is_refused_or_means_its_default() {
                     .await
                     .expect_err(&format!("NULL accepted: {sql}"));
                 assert_eq!(sqlstate(&e), "CQ001", "{sql}: {e}");
-                let message = message(&e);
+                let message = error_message(&e);
                 assert!(
                     message.starts_with("commitq: ") && message.contains("NULL"),
                     "{sql}: {message}"
                 );
-                assert_eq!(stored(&c).await, before, "{sql} changed something");
+                assert_eq!(
+                    everything_stored(&c).await,
+                    before,
+                    "{sql} changed something"
+                );
             }
         }
     }
@@ -279,14 +253,14 @@ async fn payloads_dates_and_names_at_the_edges() {
     c.batch_execute("SELECT commitq.enqueue('q', 'k', '{}')")
         .await
         .unwrap();
-    let before = stored(&c).await;
+    let before = everything_stored(&c).await;
     let huge = serde_json::json!({ "blob": "x".repeat(10 * 1024 * 1024) });
     let e = c
         .execute("SELECT commitq.enqueue('q', 'k', $1)", &[&huge])
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "CQ001");
-    assert!(message(&e).contains("args too large"), "{e}");
+    assert!(error_message(&e).contains("args too large"), "{e}");
     for args in ["[]", "1", "\"s\"", "null", "true"] {
         let e = c
             .batch_execute(&format!("SELECT commitq.enqueue('q', 'k', '{args}')"))
@@ -342,7 +316,11 @@ async fn payloads_dates_and_names_at_the_edges() {
             .unwrap_err();
         assert_eq!(sqlstate(&e), "CQ001", "{priority} {attempts}");
     }
-    assert_eq!(stored(&c).await, before, "refused calls changed nothing");
+    assert_eq!(
+        everything_stored(&c).await,
+        before,
+        "refused calls changed nothing"
+    );
 
     // Dates: 9999 is a job scheduled far ahead; 1970 is due at once and
     // claimed first (it is the earliest).
@@ -387,6 +365,71 @@ async fn payloads_dates_and_names_at_the_edges() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "CQ001");
+}
+
+/// Misuse other than NULLs and the edges above: lengths just past a limit,
+/// malformed batches, claims and lease calls out of range, unknown jobs,
+/// stale leases and operator actions on the wrong state. Each gets its
+/// SQLSTATE, and nothing is written.
+#[tokio::test]
+async fn bad_input_gets_its_sqlstate_and_changes_nothing() {
+    let db = TestDb::new("t_bad_sqlstates").await;
+    let c = db.connect().await;
+    // Something to protect: a running job with a key (1), a completed job
+    // (2), an available job (3).
+    c.batch_execute(
+        "SELECT commitq.enqueue('q', 'k', '{\"keep\": 1}', idempotency_key => 'kept');
+         SELECT commitq.enqueue('q', 'k', '{\"keep\": 2}');
+         SELECT commitq.enqueue('q', 'k', '{\"keep\": 3}');
+         SELECT commitq.claim('q', 'w', 2);
+         SELECT commitq.complete(id, lease_token) FROM commitq.jobs WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let before = everything_stored(&c).await;
+
+    let cases: Vec<(&str, String)> = vec![
+        ("CQ001", format!("SELECT commitq.enqueue('{}', 'k', '{{}}')", "q".repeat(49))),
+        ("CQ001", "SELECT commitq.enqueue('q', 'send mail', '{}')".into()),
+        ("CQ001", "SELECT commitq.enqueue('q', 'k', '{}', idempotency_key => '')".into()),
+        ("CQ001", format!("SELECT commitq.enqueue('q', 'k', '{{}}', idempotency_key => '{}')", "x".repeat(256))),
+        ("CQ001", "SELECT commitq.enqueue('q', 'k', '{}', concurrency_key => E'a\\nb')".into()),
+        ("CQ001", format!("SELECT commitq.enqueue('q', 'k', '{{}}', concurrency_key => '{}')", "k".repeat(256))),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}', '[]']::jsonb[])".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], idempotency_keys => ARRAY['a', 'b'])".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY[E'a\\tb'])".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('q', 'k', ARRAY['{}']::jsonb[], concurrency_keys => ARRAY['']::text[])".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('{\"queue\": \"q\"}'::jsonb)".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('[{\"queue\": \"q\", \"kind\": \"k\"}, 7]'::jsonb)".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('[{\"queue\": \"q\", \"kind\": \"k\", \"idempotencyKey\": \"x\"}]'::jsonb)".into()),
+        ("CQ001", "SELECT commitq.enqueue_many('[{\"queue\": \"q\", \"kind\": \"k\"}, {\"queue\": \"Q!\", \"kind\": \"k\"}]'::jsonb)".into()),
+        ("CQ001", "SELECT commitq.claim('q', 'w', 0)".into()),
+        ("CQ001", "SELECT commitq.claim('q', 'w', 10001)".into()),
+        ("CQ001", "SELECT commitq.claim('q', 'w', 1, '0 seconds')".into()),
+        ("CQ001", "SELECT commitq.claim('bad queue', 'w', 1)".into()),
+        ("CQ001", "SELECT commitq.snooze(1, 1, '-1 second')".into()),
+        ("CQ001", "SELECT commitq.complete_many(ARRAY[1, 2], ARRAY[1])".into()),
+        ("CQ001", "SELECT commitq.set_concurrency_limit('account:*', 0)".into()),
+        ("CQ001", "SELECT commitq.set_concurrency_limit(E'a\\nb', 2)".into()),
+        ("CQ101", "SELECT commitq.complete(999, 1)".into()),
+        ("CQ101", "SELECT commitq.cancel(999)".into()),
+        ("CQ101", "SELECT commitq.retry(999)".into()),
+        ("CQ102", "SELECT commitq.complete(1, 999)".into()),
+        ("CQ102", "SELECT commitq.complete(2, 1)".into()),
+        ("CQ102", "SELECT commitq.complete(3, 0)".into()),
+        ("CQ102", "SELECT commitq.heartbeat(3, 0)".into()),
+        ("CQ104", "SELECT commitq.retry(1)".into()),
+        ("CQ104", "SELECT commitq.retry(3)".into()),
+    ];
+    for (code, sql) in &cases {
+        let err = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(&sqlstate(&err), code, "{sql}: {err:?}");
+        assert_eq!(
+            everything_stored(&c).await,
+            before,
+            "{sql} changed something"
+        );
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

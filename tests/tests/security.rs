@@ -300,6 +300,30 @@ async fn calling_every_function_as_every_role_matches_the_matrix() {
             assert_eq!(!refused, allowed, "{role}: {sql}: {result:?}");
         }
     }
+    // The granted roles do their whole part, not only get past the grant
+    // check: a producer's job is claimed and completed by a worker.
+    let producer = connect(&db.url_as(&login("calls", "producer"))).await;
+    let worker = connect(&db.url_as(&login("calls", "worker"))).await;
+    let id: i64 = producer
+        .query_one("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row = worker
+        .query_one(
+            "SELECT job_id, lease_token FROM commitq.claim('q', 'w', 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), id);
+    worker
+        .execute(
+            "SELECT commitq.complete($1, $2)",
+            &[&id, &row.get::<_, i64>(1)],
+        )
+        .await
+        .unwrap();
 }
 
 /// A SECURITY DEFINER function runs with the owner's rights whatever the
@@ -412,9 +436,17 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
     }
     m.batch_execute(&plant).await.unwrap();
 
-    // Every public function, with the look-alikes on the path.
+    // Every public function, with the look-alikes on the path. Args are
+    // still judged by the real jsonb_typeof, and a job of another queue is
+    // not claimed through mallory's `=`.
+    let err = m
+        .batch_execute("SELECT * FROM commitq.enqueue('q', 'k', '[1]')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "CQ001");
     m.batch_execute(
-        "SELECT commitq.set_concurrency_limit('tenant:*', 2);
+        "SELECT * FROM commitq.enqueue('other', 'k', '{}');
+         SELECT commitq.set_concurrency_limit('tenant:*', 2);
          SELECT * FROM commitq.enqueue('q', 'k', '{\"n\": 1}', idempotency_key => 'i1', concurrency_key => 'tenant:1');
          SELECT * FROM commitq.enqueue('q', 'k', '{\"n\": 1}', idempotency_key => 'i1');
          SELECT * FROM commitq.enqueue_many('q', 'k', ARRAY['{\"n\": 2}', '{\"n\": 3}']::jsonb[]);
@@ -431,7 +463,11 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
         )
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 4, "four jobs, one of them a duplicate");
+    assert_eq!(
+        claimed.len(),
+        4,
+        "four jobs of queue q, one of them a duplicate"
+    );
     assert!(
         claimed.iter().all(|r| r.get::<_, bool>(2)),
         "leases by the server's clock"
@@ -564,7 +600,7 @@ async fn look_alikes_on_the_path_change_nothing_in_any_function() {
         .await
         .unwrap();
     let counts: Vec<i64> = (0..6).map(|i| row.get(i)).collect();
-    // Live: the failed job, retried, and q3's; cancelled: the snoozed one;
-    // one key, one limit, one lease.
-    assert_eq!(counts, vec![2, 0, 1, 1, 1, 1]);
+    // Live: the failed job, retried, q3's and other's; cancelled: the
+    // snoozed one; one key, one limit, one lease.
+    assert_eq!(counts, vec![3, 0, 1, 1, 1, 1]);
 }

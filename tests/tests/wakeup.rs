@@ -1,0 +1,132 @@
+//! Wake-up: a worker that found its queue empty is sent a NOTIFY when a job
+//! is committed, and the worker pool's LISTEN connection comes back after it
+//! is killed.
+
+use std::time::Duration;
+
+use commitq::{Outcome, WorkerPool};
+use commitq_tests::{scalar, setup, start_pool, wait_until, Record, TestDb, EFFECTS};
+
+/// A worker whose claim came back empty is woken by a NOTIFY on
+/// "commitq:<queue>" when a producer commits a job, not before; a queue with
+/// no waiting worker gets no NOTIFY (so busy producers keep group commit).
+#[tokio::test]
+async fn waiting_workers_are_notified_at_commit_and_only_then() {
+    use tokio::time::timeout;
+    let db = TestDb::new("t_wakeup_notify").await;
+    let producer = db.connect().await;
+    let (worker, mut notes) = commitq_tests::connect_listening(&db.url).await;
+    worker
+        .batch_execute("LISTEN \"commitq:mail\"")
+        .await
+        .unwrap();
+    let quiet = Duration::from_millis(300);
+    let claimed = async || {
+        let sql = "SELECT 1 FROM commitq.claim('mail', 'w1', 10)";
+        worker.query(sql, &[]).await.unwrap().len()
+    };
+    let produce = async |sql: &str| producer.batch_execute(sql).await.unwrap();
+    let one_job = "SELECT commitq.enqueue('mail', 'k')";
+    // Err: nothing came in time; Ok(None) would be a lost listener connection.
+    let mut next_note = async |wait: Duration| timeout(wait, notes.recv()).await;
+
+    // No worker has found the queue empty yet: nobody waits, nothing is sent.
+    produce(one_job).await;
+    assert!(
+        next_note(quiet).await.is_err(),
+        "notified with nobody waiting"
+    );
+
+    // The worker takes that job (and so is busy), then finds the queue empty.
+    assert_eq!(claimed().await, 1);
+    assert_eq!(claimed().await, 0);
+
+    // Now an enqueue wakes it, at commit and not before.
+    produce("BEGIN; SELECT commitq.enqueue('mail', 'k');").await;
+    assert!(next_note(quiet).await.is_err(), "notified before commit");
+    produce("COMMIT").await;
+    let note = next_note(Duration::from_secs(5)).await;
+    let note = note.expect("woken at commit").expect("listener open");
+    assert_eq!(note.channel(), "commitq:mail");
+
+    // A rolled-back enqueue wakes nobody.
+    produce("BEGIN; SELECT commitq.enqueue('mail', 'k'); ROLLBACK;").await;
+    assert!(next_note(quiet).await.is_err(), "notified by a rollback");
+
+    // Once the worker claims work again, it is busy: no more wake-ups.
+    assert_eq!(claimed().await, 1);
+    produce(one_job).await;
+    assert!(next_note(quiet).await.is_err(), "notified a busy worker");
+
+    // Waiting again (the job just enqueued taken, then none), then stopping:
+    // a stopped worker is not woken.
+    assert_eq!(claimed().await, 1);
+    assert_eq!(claimed().await, 0);
+    worker
+        .batch_execute("SELECT commitq.stop_waiting('mail', 'w1')")
+        .await
+        .unwrap();
+    produce(one_job).await;
+    assert!(
+        next_note(quiet).await.is_err(),
+        "notified a worker that stopped waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let (db, client) = setup("t_wakeup_listener", EFFECTS).await;
+    // Polling so rare that only a NOTIFY can wake the pool in time.
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .poll_interval(Duration::from_secs(60))
+        .handle(|ctx, job: Record| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(
+                "INSERT INTO public.effects (n, label) VALUES ($1, $2)",
+                &[&job.n, &job.label],
+            )
+            .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let running = start_pool(pool);
+    let admin = db.connect().await;
+    let wait_for_listener = async |what: &str| {
+        let listening = "SELECT count(*) FROM pg_stat_activity
+                          WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+        wait_until(what, Duration::from_secs(10), async || {
+            let row = admin.query_one(listening, &[]).await.unwrap();
+            row.get::<_, i64>(0) == 1
+        })
+        .await;
+        // Let the pool find the queue empty and wait.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Enqueue job n and wait for its effect, which only a NOTIFY brings in time.
+    let enqueue_and_see_it_run = async |n: i64, label: &str| {
+        let record = Record {
+            n,
+            label: label.into(),
+        };
+        client.enqueue(&record).await.unwrap();
+        let what = format!("the job enqueued {label} the reconnect");
+        wait_until(&what, Duration::from_secs(5), async || {
+            scalar(&client, "SELECT count(*) FROM public.effects").await == n
+        })
+        .await;
+    };
+
+    wait_for_listener("the LISTEN connection").await;
+    enqueue_and_see_it_run(1, "before").await;
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .await
+        .unwrap();
+    wait_for_listener("a new LISTEN connection").await;
+    enqueue_and_see_it_run(2, "after").await;
+    running.stop().await;
+}
