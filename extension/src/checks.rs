@@ -86,7 +86,9 @@ pub fn lease_args_problem(
         (_, Some(owner), _) if owner.is_empty() || owner.len() > MAX_KEY_LEN => {
             "owner must be 1 to 255 bytes"
         }
-        (_, _, Some(ttl)) if !lease_in_range(ttl.as_micros()) => "ttl out of range 1 second..7 days",
+        (_, _, Some(ttl)) if !lease_in_range(ttl.as_micros()) => {
+            "ttl out of range 1 second..7 days"
+        }
         _ => return None,
     };
     Some(problem.into())

@@ -164,7 +164,10 @@ mod tests {
                 .join("\n")
         });
         assert!(!plan.contains("_claimed_row"), "not inlined:\n{plan}");
-        assert!(plan.contains("ROW(id, queue, kind"), "unexpected plan:\n{plan}");
+        assert!(
+            plan.contains("ROW(id, queue, kind"),
+            "unexpected plan:\n{plan}"
+        );
     }
 
     /// A key's slot given back twice is an error, not a count clamped at
