@@ -20,6 +20,9 @@
 //!   key's slot to its next job.
 //! - `fault_child`: the child a `fault_job` enqueues.
 //!
+//! A few jobs of each kind work longer than their lease (`slow`): they keep
+//! it only through the pool's heartbeats.
+//!
 //! Some jobs fail their first attempt on purpose at the point that tests a
 //! mechanism: right after the outside service applied a call whose reply is
 //! lost (the retry must reuse the key), or right after enqueueing the child
@@ -69,6 +72,8 @@ pub struct FaultJob {
     #[serde(default)]
     pub child: bool,
     #[serde(default)]
+    pub slow: bool,
+    #[serde(default)]
     pub fail_first: Option<FailFirst>,
 }
 
@@ -86,6 +91,8 @@ pub struct KeyedJob {
     pub key: String,
     #[serde(default)]
     pub external: bool,
+    #[serde(default)]
+    pub slow: bool,
     #[serde(default)]
     pub fail_first: Option<FailFirst>,
 }
@@ -105,6 +112,10 @@ impl Job for ChildJob {
     const KIND: &'static str = "fault_child";
     const QUEUE: &'static str = "faults";
 }
+
+/// How long a slow job works: longer than its lease, so it keeps the lease
+/// only through the pool's heartbeats.
+const SLOW: Duration = Duration::from_millis(2500);
 
 /// A pause of 0 to 4 ms, different in every process and call.
 async fn jitter(seed: i64) {
@@ -281,6 +292,9 @@ async fn plain(me: Me, ctx: &JobContext, job: &FaultJob) -> Result<Outcome> {
         return Err("failed at its start on purpose".into());
     }
     jitter(job.n).await;
+    if job.slow {
+        tokio::time::sleep(SLOW).await;
+    }
     if job.external {
         let lose = failing(job.fail_first, ctx, FailFirst::AfterCall);
         me.outside_call(ctx, lose).await?;
@@ -304,6 +318,9 @@ async fn keyed(me: Me, ctx: &JobContext, job: &KeyedJob) -> Result<Outcome> {
     // Long enough that two holders of one key would overlap if the key
     // let them.
     jitter(job.n).await;
+    if job.slow {
+        tokio::time::sleep(SLOW).await;
+    }
     if job.external {
         let lose = failing(job.fail_first, ctx, FailFirst::AfterCall);
         me.outside_call(ctx, lose).await?;

@@ -18,7 +18,8 @@ pub const SETUP: &str = "
     UPDATE commitq.config SET keep_completed = true, backoff_base = '100 milliseconds',
                               backoff_cap = '1 second';
     CREATE TABLE public.ledger (job_id bigint PRIMARY KEY, kind text NOT NULL, key text,
-                                external boolean NOT NULL, child boolean NOT NULL);
+                                external boolean NOT NULL, child boolean NOT NULL,
+                                slow boolean NOT NULL);
     CREATE TABLE public.key_limits (key text PRIMARY KEY, max_running int NOT NULL);
     CREATE TABLE public.cancelled_by_checker (job_id bigint PRIMARY KEY);
     CREATE TABLE public.starts (job_id bigint NOT NULL, attempt int NOT NULL, lease_token bigint NOT NULL,
@@ -286,13 +287,18 @@ pub async fn check(db: &Client, known: &Known) -> Vec<Check> {
             q("SELECT count(*) FROM public.starts WHERE mode = 'child'").await,
         ),
         (
+            "starts of slow jobs (longer than the lease, kept by heartbeats)",
+            q("SELECT count(*) FROM public.starts JOIN public.ledger USING (job_id) WHERE slow")
+                .await,
+        ),
+        (
             "starts in workers that prefetch",
             q("SELECT count(*) FROM public.starts WHERE prefetch").await,
         ),
         ("claim calls (seen by the proxy)", known.claims),
         ("complete_and_take calls (seen by the proxy)", known.takes),
         (
-            "outside calls whose reply was lost, retried under their key",
+            "outside call keys used by more than one attempt (reply lost, or re-run)",
             q(
                 "SELECT count(*) FROM (SELECT key FROM public.external_calls GROUP BY key
                                       HAVING count(DISTINCT lease_token) > 1) d",

@@ -18,11 +18,12 @@ struct Spec {
     key: Option<String>,
     external: bool,
     child: bool,
+    slow: bool,
 }
 
 /// Job n: every third has a concurrency key (`k0`..`k8`, or `wide:0`..`2`
 /// of limit 2); half make an outside call; one plain job in five enqueues a
-/// child. First attempts that fail on purpose: one outside call in seven
+/// child; one in about a hundred works longer than its lease. First attempts that fail on purpose: one outside call in seven
 /// loses its reply, every other child is enqueued by an attempt that then
 /// fails, and a few jobs fail at once.
 fn spec(n: i64) -> Spec {
@@ -34,6 +35,7 @@ fn spec(n: i64) -> Spec {
             format!("k{}", m % 9)
         };
         let external = m % 2 == 0;
+        let slow = m % 97 == 1;
         let fail_first = if m % 11 == 0 {
             Some("at_start")
         } else if external && m % 7 == 0 {
@@ -44,14 +46,17 @@ fn spec(n: i64) -> Spec {
         Spec {
             queue: "faults_keyed",
             kind: "fault_keyed",
-            args: json!({ "n": n, "key": key, "external": external, "fail_first": fail_first }),
+            args: json!({ "n": n, "key": key, "external": external, "slow": slow,
+                          "fail_first": fail_first }),
             key: Some(key),
             external,
             child: false,
+            slow,
         }
     } else {
         let external = n % 2 == 0;
         let child = n % 5 == 1;
+        let slow = n % 101 == 2;
         let fail_first = if external && n % 7 == 0 {
             Some("after_call")
         } else if child && n % 10 == 1 {
@@ -64,10 +69,12 @@ fn spec(n: i64) -> Spec {
         Spec {
             queue: "faults",
             kind: "fault_job",
-            args: json!({ "n": n, "external": external, "child": child, "fail_first": fail_first }),
+            args: json!({ "n": n, "external": external, "child": child, "slow": slow,
+                          "fail_first": fail_first }),
             key: None,
             external,
             child,
+            slow,
         }
     }
 }
@@ -112,8 +119,8 @@ pub async fn enqueue(db: &Client, jobs: usize, rng: &mut Rng) -> Enqueued {
                 .unwrap()
                 .get(0);
             db.execute(
-                "INSERT INTO public.ledger VALUES ($1, $2, $3, $4, $5)",
-                &[&id, &s.kind, &s.key, &s.external, &s.child],
+                "INSERT INTO public.ledger VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&id, &s.kind, &s.key, &s.external, &s.child, &s.slow],
             )
             .await
             .unwrap();
