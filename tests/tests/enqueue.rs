@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use commitq::{EnqueueOptions, Outcome, WorkerPool};
 use commitq_tests::{
-    record, recording_pool, scalar, setup, start_pool, wait_until, Record, TestDb, EFFECTS,
+    record, recording_pool, scalar, setup, start_pool, wait_until, waiting_on, Record, TestDb,
+    EFFECTS,
 };
 
 #[tokio::test]
@@ -120,9 +121,22 @@ async fn a_job_enqueued_in_a_rolled_back_transaction_never_runs() {
         scalar(&client, "SELECT count(*) FROM public.effects").await == 1
     })
     .await;
-    // Give a ghost every chance to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The pool claimed again and found nothing: a ghost would have been
+    // claimed with the real job or by this claim.
+    wait_until("the pool to wait", Duration::from_secs(20), async || {
+        waiting_on(&client, "effects").await == 1
+    })
+    .await;
     running.stop().await;
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM commitq.jobs WHERE args->>'label' = 'ghost'"
+        )
+        .await,
+        0,
+        "nothing of the rolled-back enqueue was stored"
+    );
     assert_eq!(
         scalar(
             &client,
@@ -189,7 +203,11 @@ async fn a_job_gated_on_another_transaction_waits_for_its_commit() {
         })
         .build();
     let running = start_pool(pool);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The pool looked for work and found none it may run yet.
+    wait_until("the pool to wait", Duration::from_secs(20), async || {
+        waiting_on(&client, "effects").await == 1
+    })
+    .await;
     assert_eq!(
         saw_row.load(Ordering::SeqCst),
         0,

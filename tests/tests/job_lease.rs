@@ -2,12 +2,14 @@
 //! every running job; and a handler whose lease was lost cannot commit its
 //! writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use commitq::{Outcome, WorkerPool};
 use commitq_tests::{
     no_backoff, record, running_jobs, scalar, setup, start_pool, wait_until, Record, TestDb,
-    EFFECTS,
+    EFFECTS, INSERT_EFFECT,
 };
 use tokio_postgres::Client;
 
@@ -96,26 +98,34 @@ async fn a_lost_lease_rolls_back_the_handlers_writes() {
     no_backoff(&admin).await;
     client.enqueue(&record(1, "charge")).await.unwrap();
     let (release, gate) = tokio::sync::watch::channel(false);
+    // Set when the first attempt's handler has returned, whatever it returned.
+    let zombie_done = Arc::new(AtomicBool::new(false));
+    let done = zombie_done.clone();
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 1)
         .poll_interval(Duration::from_millis(100))
         .lease(Duration::from_secs(60))
         .handle(move |ctx, job: Record| {
-            let mut gate = gate.clone();
+            let (mut gate, done) = (gate.clone(), done.clone());
             async move {
                 let mut conn = ctx.client().pool().get().await?;
                 let tx = conn.transaction().await?;
-                tx.execute(
-                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
-                    &[&job.n, &job.label, &ctx.attempt],
-                )
-                .await?;
-                // The first attempt stalls here while its lease is taken away.
-                if ctx.attempt == 1 {
-                    let _ = gate.wait_for(|open| *open).await;
+                tx.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                    .await?;
+                if ctx.attempt != 1 {
+                    ctx.complete_in(&*tx).await?;
+                    tx.commit().await?;
+                    return Ok(Outcome::Complete);
                 }
-                ctx.complete_in(&*tx).await?;
-                tx.commit().await?;
+                // The first attempt stalls here while its lease is taken away.
+                let _ = gate.wait_for(|open| *open).await;
+                let outcome: Result<(), commitq::Error> = async {
+                    ctx.complete_in(&*tx).await?;
+                    Ok(tx.commit().await?)
+                }
+                .await;
+                done.store(true, Ordering::SeqCst);
+                outcome?;
                 Ok(Outcome::Complete)
             }
         })
@@ -149,18 +159,20 @@ async fn a_lost_lease_rolls_back_the_handlers_writes() {
     };
     release.send(true).unwrap();
     // The zombie's complete_in fails, so its insert rolls back.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        scalar(&client, "SELECT count(*) FROM public.effects").await,
-        0
-    );
+    wait_until(
+        "the zombie to finish",
+        Duration::from_secs(20),
+        async || zombie_done.load(Ordering::SeqCst),
+    )
+    .await;
+    let effects = "SELECT count(*) FROM public.effects";
+    assert_eq!(scalar(&admin, effects).await, 0, "the zombie's write");
     admin
         .execute("SELECT commitq.complete($1, $2)", &[&other.0, &other.1])
         .await
         .unwrap();
     running.stop().await;
-    assert_eq!(
-        scalar(&client, "SELECT count(*) FROM commitq.jobs").await,
-        0
-    );
+    // Every handler has ended: nothing the zombie wrote committed later.
+    assert_eq!(scalar(&admin, effects).await, 0, "the zombie's write");
+    assert_eq!(scalar(&admin, "SELECT count(*) FROM commitq.jobs").await, 0);
 }

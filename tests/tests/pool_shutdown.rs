@@ -7,17 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commitq::{Outcome, WorkerPool};
-use commitq_tests::{running_jobs, scalar, setup, start_pool, wait_until, Record, EFFECTS};
+use commitq_tests::{
+    record, running_jobs, scalar, setup, start_pool, wait_until, Record, EFFECTS, INSERT_EFFECT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
     let (_db, client) = setup("t_shutdown_graceful", EFFECTS).await;
-    let jobs: Vec<Record> = (1..=6)
-        .map(|n| Record {
-            n,
-            label: "slow".into(),
-        })
-        .collect();
+    let jobs: Vec<Record> = (1..=6).map(|n| record(n, "slow")).collect();
     client.enqueue_many(&jobs).await.unwrap();
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 2)
@@ -30,11 +27,8 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
                 _ = ctx.cancelled() => return Err("cancelled".into()),
             }
             let conn = ctx.client().pool().get().await?;
-            conn.execute(
-                "INSERT INTO public.effects (n, label) VALUES ($1, 'done')",
-                &[&job.n],
-            )
-            .await?;
+            conn.execute(INSERT_EFFECT, &[&job.n, &"done", &ctx.attempt])
+                .await?;
             Ok(Outcome::Complete)
         })
         .build();
@@ -87,51 +81,58 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutdown() {
     let (_db, client) = setup("t_shutdown_prefetch", EFFECTS).await;
-    let jobs: Vec<Record> = (1..=40)
-        .map(|n| Record {
-            n,
-            label: "slow".into(),
-        })
-        .collect();
+    let jobs: Vec<Record> = (1..=40).map(|n| record(n, "slow")).collect();
     client.enqueue_many(&jobs).await.unwrap();
-    let running = Arc::new(AtomicUsize::new(0));
+    let busy = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
-    let (r, m) = (running.clone(), most.clone());
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let (b, m) = (busy.clone(), most.clone());
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 2)
         .prefetch(10)
         .batch(12)
-        // A lease shorter than the local wait: only heartbeats keep the
-        // waiting jobs from being rescued by maintain.
-        .lease(Duration::from_secs(1))
+        // The prefetched jobs wait longer than this lease, while maintain
+        // runs every 100 ms: only heartbeats (every third of the lease) keep
+        // them from being rescued. A lease of 10 s lets a heartbeat be late
+        // by over 6 s on a busy machine.
+        .lease(Duration::from_secs(10))
         .maintain_interval(Some(Duration::from_millis(100)))
         .grace(Duration::from_secs(5))
         .handle(move |ctx, job: Record| {
-            let (r, m) = (r.clone(), m.clone());
+            let (b, m, mut gate) = (b.clone(), m.clone(), gate.clone());
             async move {
-                m.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                m.fetch_max(b.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                // The first two hold their handlers until the others have
+                // waited past their lease.
+                let _ = gate.wait_for(|open| *open).await;
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 let conn = ctx.client().pool().get().await?;
-                conn.execute(
-                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, 'done', $2)",
-                    &[&job.n, &ctx.attempt],
-                )
-                .await?;
-                r.fetch_sub(1, Ordering::SeqCst);
+                conn.execute(INSERT_EFFECT, &[&job.n, &"done", &ctx.attempt])
+                    .await?;
+                b.fetch_sub(1, Ordering::SeqCst);
                 Ok(Outcome::Complete)
             }
         })
         .build();
     let running = start_pool(pool);
-    // Two run at a time; the claim took handlers plus prefetch.
+    // Two run at a time; the claim took handlers plus prefetch, and all
+    // twelve are still under their first lease a second after it ran out.
+    let held_past_lease = "SELECT count(*) FROM commitq.jobs
+                            WHERE state = 'running' AND attempt = 1
+                              AND claimed_at < now() - lease_interval - interval '1 second'";
     wait_until(
-        "a full claim with prefetched jobs",
-        Duration::from_secs(20),
-        async || running_jobs(&client).await == 12,
+        "twelve claimed jobs held past their first lease",
+        Duration::from_secs(60),
+        async || scalar(&client, held_past_lease).await == 12,
     )
     .await;
-    // Past the lease: the waiting jobs were heartbeated, none rescued.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    release.send(true).unwrap();
+    wait_until(
+        "handlers to run while others wait",
+        Duration::from_secs(60),
+        async || scalar(&client, "SELECT count(*) FROM public.effects").await >= 4,
+    )
+    .await;
     running.stop().await;
     assert_eq!(
         most.load(Ordering::SeqCst),
@@ -139,10 +140,6 @@ async fn prefetched_jobs_wait_under_lease_and_are_handed_back_unstarted_on_shutd
         "never more handlers than the concurrency"
     );
     let done = scalar(&client, "SELECT count(*) FROM public.effects").await;
-    assert!(
-        done >= 4,
-        "handlers kept running while others waited: {done}"
-    );
     assert_eq!(
         scalar(
             &client,

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use commitq::{Outcome, WorkerPool};
-use commitq_tests::{scalar, setup, start_pool, wait_until, Record, TestDb, EFFECTS};
+use commitq_tests::{
+    record, scalar, setup, start_pool, wait_until, waiting_on, Record, TestDb, EFFECTS,
+    INSERT_EFFECT,
+};
 
 /// A worker whose claim came back empty is woken by a NOTIFY on
 /// "commitq:<queue>" when a producer commits a job, not before; a queue with
@@ -82,11 +85,8 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         .poll_interval(Duration::from_secs(60))
         .handle(|ctx, job: Record| async move {
             let conn = ctx.client().pool().get().await?;
-            conn.execute(
-                "INSERT INTO public.effects (n, label) VALUES ($1, $2)",
-                &[&job.n, &job.label],
-            )
-            .await?;
+            conn.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                .await?;
             Ok(Outcome::Complete)
         })
         .build();
@@ -100,18 +100,19 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
             row.get::<_, i64>(0) == 1
         })
         .await;
-        // Let the pool find the queue empty and wait.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The pool found the queue empty and is registered as waiting, so
+        // an enqueue now sends it a NOTIFY (one enqueued before might not).
+        wait_until("the pool to wait", Duration::from_secs(20), async || {
+            waiting_on(&admin, "effects").await == 1
+        })
+        .await;
     };
     // Enqueue job n and wait for its effect, which only a NOTIFY brings in time.
     let enqueue_and_see_it_run = async |n: i64, label: &str| {
-        let record = Record {
-            n,
-            label: label.into(),
-        };
-        client.enqueue(&record).await.unwrap();
+        client.enqueue(&record(n, label)).await.unwrap();
+        // Well past a busy machine's delays, and far short of the poll.
         let what = format!("the job enqueued {label} the reconnect");
-        wait_until(&what, Duration::from_secs(5), async || {
+        wait_until(&what, Duration::from_secs(20), async || {
             scalar(&client, "SELECT count(*) FROM public.effects").await == n
         })
         .await;

@@ -1,13 +1,12 @@
 //! The worker pool: typed jobs run exactly once, claim loops share a local
-//! queue, a handler's `Outcome::Snooze` puts its job back without spending an
-//! attempt, and a pool whose connections are killed recovers.
+//! queue, and a pool whose connections are killed recovers.
 
 use std::time::Duration;
 
 use commitq::{Outcome, WorkerPool};
 use commitq_tests::{
-    no_backoff, record, recording_pool, running_jobs, scalar, setup, start_pool, wait_until,
-    Record, EFFECTS,
+    no_backoff, record, recording_pool, running_jobs, scalar, scalar_with, setup, start_pool,
+    wait_until, Record, EFFECTS, INSERT_EFFECT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,12 +14,7 @@ async fn typed_jobs_round_trip_and_run_exactly_once() {
     let (_db, client) = setup("t_pool_round_trip", EFFECTS).await;
     let first = client.enqueue(&record(1, "one")).await.unwrap();
     assert!(first.inserted);
-    let many: Vec<Record> = (2..=50)
-        .map(|n| Record {
-            n,
-            label: format!("n{n}"),
-        })
-        .collect();
+    let many: Vec<Record> = (2..=50).map(|n| record(n, &format!("n{n}"))).collect();
     let enqueued = client.enqueue_many(&many).await.unwrap();
     assert_eq!(enqueued.len(), 49);
     assert!(enqueued.windows(2).all(|w| w[0].job_id < w[1].job_id));
@@ -49,12 +43,7 @@ async fn several_claim_loops_share_a_local_queue_without_stalling() {
     // slots, a loop must never wait on slots the others hold: every job
     // still runs, each once.
     let (_db, client) = setup("t_pool_claim_loops", EFFECTS).await;
-    let jobs: Vec<Record> = (1..=3000)
-        .map(|n| Record {
-            n,
-            label: "quick".into(),
-        })
-        .collect();
+    let jobs: Vec<Record> = (1..=3000).map(|n| record(n, "quick")).collect();
     client.enqueue_many(&jobs).await.unwrap();
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 8)
@@ -63,11 +52,8 @@ async fn several_claim_loops_share_a_local_queue_without_stalling() {
         .prefetch(100)
         .handle(|ctx, job: Record| async move {
             let conn = ctx.client().pool().get().await?;
-            conn.execute(
-                "INSERT INTO public.effects (n, label, attempt) VALUES ($1, 'done', $2)",
-                &[&job.n, &ctx.attempt],
-            )
-            .await?;
+            conn.execute(INSERT_EFFECT, &[&job.n, &"done", &ctx.attempt])
+                .await?;
             Ok(Outcome::Complete)
         })
         .build();
@@ -105,24 +91,30 @@ async fn a_worker_whose_connections_are_killed_recovers_and_runs_the_job_once() 
     let admin = db.connect().await;
     no_backoff(&admin).await;
     client.enqueue(&record(1, "once")).await.unwrap();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    // Should the pool's report of the failed attempt be lost with its
+    // connections, the job comes back when its lease expires: a short lease
+    // and frequent maintenance keep that path inside the test's wait too.
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 1)
         .poll_interval(Duration::from_millis(100))
-        .handle(|ctx, job: Record| async move {
-            let mut conn = ctx.client().pool().get().await?;
-            let tx = conn.transaction().await?;
-            tx.execute(
-                "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
-                &[&job.n, &job.label, &ctx.attempt],
-            )
-            .await?;
-            // The first attempt is slow: its connection is killed meanwhile.
-            if ctx.attempt == 1 {
-                tokio::time::sleep(Duration::from_millis(800)).await;
+        .lease(Duration::from_secs(5))
+        .maintain_interval(Some(Duration::from_secs(1)))
+        .handle(move |ctx, job: Record| {
+            let mut gate = gate.clone();
+            async move {
+                let mut conn = ctx.client().pool().get().await?;
+                let tx = conn.transaction().await?;
+                tx.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                    .await?;
+                // The first attempt waits until its connection has been killed.
+                if ctx.attempt == 1 {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                ctx.complete_in(&*tx).await?;
+                tx.commit().await?;
+                Ok(Outcome::Complete)
             }
-            ctx.complete_in(&*tx).await?;
-            tx.commit().await?;
-            Ok(Outcome::Complete)
         })
         .build();
     let running = start_pool(pool);
@@ -132,25 +124,45 @@ async fn a_worker_whose_connections_are_killed_recovers_and_runs_the_job_once() 
         async || running_jobs(&client).await == 1,
     )
     .await;
-    // Kill every connection of the worker's pool (everything but ours).
-    admin
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    // Kill every connection of the worker's pool (everything but ours), and
+    // let the first attempt go on once they are gone.
+    let killed: Vec<i32> = admin
+        .query_one(
+            "SELECT array_agg(pid) FROM pg_stat_activity
               WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
+            &[&killed],
         )
         .await
         .unwrap();
+    let gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)";
+    wait_until(
+        "the killed backends to exit",
+        Duration::from_secs(20),
+        async || scalar_with(&admin, gone, &[&killed]).await == 0,
+    )
+    .await;
+    release.send(true).unwrap();
     // From here on, look through our own connection: the pool's were killed.
-    let on_admin = async |sql: &str| -> i64 { admin.query_one(sql, &[]).await.unwrap().get(0) };
-    wait_until("the job to complete", Duration::from_secs(20), async || {
-        on_admin("SELECT count(*) FROM commitq.jobs").await == 0
+    wait_until("the job to complete", Duration::from_secs(60), async || {
+        scalar(&admin, "SELECT count(*) FROM commitq.jobs").await == 0
     })
     .await;
     running.stop().await;
     // The killed attempt's insert rolled back with its connection.
-    assert_eq!(on_admin("SELECT count(*) FROM public.effects").await, 1);
     assert_eq!(
-        on_admin("SELECT attempt::bigint FROM public.effects").await,
+        scalar(&admin, "SELECT count(*) FROM public.effects").await,
+        1
+    );
+    assert_eq!(
+        scalar(&admin, "SELECT attempt::bigint FROM public.effects").await,
         2
     );
 }
