@@ -75,3 +75,55 @@ async fn eight_claimers_drain_ten_thousand_jobs_each_completed_once() {
         "each completed on its first attempt"
     );
 }
+
+/// Jobs without a key are claimed by priority (lower first), then run_at,
+/// then id (the order they were enqueued in); a job not yet due is not
+/// claimed, whatever its priority. One at a time, and as a batch: a claim
+/// of three takes the first three.
+#[tokio::test]
+async fn jobs_are_claimed_by_priority_then_run_at_then_id() {
+    let db = TestDb::new("t_claim_priority").await;
+    let c = db.connect().await;
+    // (name, priority, run_at), enqueued in this order.
+    let jobs = [
+        ("a", 0, "2020-01-01 00:00:03+00"),
+        ("b", 5, "2020-01-01 00:00:00+00"),
+        ("c", -3, "2020-01-01 00:00:05+00"),
+        ("d", 0, "2020-01-01 00:00:01+00"),
+        ("e", 32767, "2020-01-01 00:00:00+00"),
+        ("f", -32768, "2020-01-01 00:00:09+00"),
+        ("g", 0, "2020-01-01 00:00:01+00"),
+        ("later", -32768, "9999-01-01 00:00:00+00"),
+    ];
+    let expected = ["f", "c", "d", "g", "a", "b", "e"];
+    for queue in ["one_by_one", "batch"] {
+        for (name, priority, run_at) in jobs {
+            c.execute(
+                "SELECT commitq.enqueue($1, 'k', jsonb_build_object('name', $2::text),
+                                        priority => $3, run_at => $4::text::timestamptz)",
+                &[&queue, &name, &priority, &run_at],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let claim = "SELECT args->>'name' FROM commitq.claim($1, 'w', $2)";
+    let mut order = Vec::new();
+    loop {
+        let rows = c.query(claim, &[&"one_by_one", &1i32]).await.unwrap();
+        match rows.first() {
+            Some(row) => order.push(row.get::<_, String>(0)),
+            None => break,
+        }
+    }
+    assert_eq!(order, expected, "claimed one at a time");
+    let mut batch: Vec<String> = c
+        .query(claim, &[&"batch", &3i32])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    batch.sort();
+    assert_eq!(batch, ["c", "d", "f"], "a claim of three");
+}

@@ -1,13 +1,13 @@
 //! Concurrency keys in SQL, slot by slot: a key's slot is taken by the
-//! claim, passed on by complete, complete_and_take, cancel and maintain's
-//! rescue, and handed to the key's next job in claim order; the three claim
-//! paths write the same bookkeeping. Each step is checked in the key's row
-//! (`running`) and in the jobs' states.
+//! claim, passed on by complete, complete_and_take, fail, snooze, cancel and
+//! maintain's rescue, handed to the key's next job in claim order, and
+//! counted under the limit that applies now. Each step is checked in the
+//! key's row (`running`) and in the jobs' states.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use commitq_tests::{scalar, sqlstate, TestDb};
+use commitq_tests::{scalar, scalar_with, sqlstate, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_worker_holds_its_key_until_its_lease_is_rescued() {
@@ -397,4 +397,166 @@ async fn every_claim_path_writes_the_same_bookkeeping() {
         let ok: bool = c.query_one(as_claimed, &[&job]).await.unwrap().get(0);
         assert!(ok, "{path} claim wrote the bookkeeping of a claim");
     }
+}
+
+/// The state of a job as these tests read it: its state, " holding" when it
+/// was handed its key's slot, and its worker while it runs.
+const STATE: &str = "SELECT state::text || CASE WHEN slot_held THEN ' holding' ELSE '' END
+                            || CASE WHEN state = 'running' THEN ' ' || worker ELSE '' END
+                       FROM commitq.jobs WHERE id = $1";
+
+/// How many jobs of the key hold a slot, by the key's row.
+const RUNNING: &str = "SELECT running::bigint FROM commitq.concurrency_keys WHERE key = $1";
+
+/// A key's slot comes back when its job fails (to be retried later) and when
+/// it is snoozed, once each time: the key's next job is handed the slot, and
+/// when no job of the key waits its count of running jobs is back at 0.
+#[tokio::test]
+async fn fail_and_snooze_give_the_keys_slot_back() {
+    let db = TestDb::new("t_slots_fail_snooze").await;
+    let c = db.connect().await;
+    let enqueue = "SELECT job_id FROM commitq.enqueue('accounts', 'touch', '{}',
+                                                     concurrency_key => 'account:1')";
+    let claim = "SELECT job_id, lease_token FROM commitq.claim('accounts', 'w', 10)";
+    let state = async |id: i64| -> String { c.query_one(STATE, &[&id]).await.unwrap().get(0) };
+    let running = async || scalar_with(&c, RUNNING, &[&"account:1"]).await;
+    let claim_one = async || -> (i64, i64) {
+        let rows = c.query(claim, &[]).await.unwrap();
+        assert_eq!(rows.len(), 1, "one job of the key at a time");
+        (rows[0].get(0), rows[0].get(1))
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(scalar(&c, enqueue).await);
+    }
+    let (a, b, d) = (jobs[0], jobs[1], jobs[2]);
+
+    // a runs; b and d wait for the key.
+    let (id, token) = claim_one().await;
+    assert_eq!(id, a);
+    assert_eq!(state(a).await, "running w");
+    assert_eq!(
+        (state(b).await, state(d).await),
+        ("blocked".into(), "blocked".into())
+    );
+
+    // a fails and is retried in an hour: its slot goes to b, and only to b.
+    let failed: String = c
+        .query_one(
+            "SELECT state::text FROM commitq.fail($1, $2, 'boom', retry_in => '1 hour')",
+            &[&a, &token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, "scheduled");
+    assert_eq!(state(b).await, "available holding");
+    assert_eq!(state(d).await, "blocked");
+    assert_eq!(running().await, 1, "a's slot, now b's");
+
+    // b is snoozed for an hour: its slot goes to d.
+    let (id, token) = claim_one().await;
+    assert_eq!(id, b);
+    c.execute("SELECT commitq.snooze($1, $2, '1 hour')", &[&b, &token])
+        .await
+        .unwrap();
+    assert_eq!(state(b).await, "scheduled");
+    assert_eq!(state(d).await, "available holding");
+    assert_eq!(running().await, 1, "b's slot, now d's");
+
+    // d fails for good; nothing of the key is due: the slot is free.
+    let (id, token) = claim_one().await;
+    assert_eq!(id, d);
+    c.execute(
+        "SELECT * FROM commitq.fail($1, $2, 'boom', discard => true)",
+        &[&d, &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(running().await, 0, "every slot given back once");
+
+    // When a and b come due they run one at a time again, and a snooze of
+    // 0 makes b claimable at once without keeping its slot.
+    c.execute(
+        "UPDATE commitq.jobs SET run_at = now() WHERE id = ANY($1)",
+        &[&vec![a, b]],
+    )
+    .await
+    .unwrap();
+    let (id, token) = claim_one().await;
+    assert_eq!(id, a);
+    assert_eq!(state(b).await, "blocked");
+    c.execute("SELECT commitq.complete($1, $2)", &[&a, &token])
+        .await
+        .unwrap();
+    let (id, token) = claim_one().await;
+    assert_eq!(id, b);
+    c.execute("SELECT commitq.snooze($1, $2, '0 seconds')", &[&b, &token])
+        .await
+        .unwrap();
+    assert_eq!(running().await, 0);
+    let (id, token) = claim_one().await;
+    assert_eq!(id, b);
+    c.execute("SELECT commitq.complete($1, $2)", &[&b, &token])
+        .await
+        .unwrap();
+    assert_eq!(running().await, 0);
+    assert_eq!(scalar(&c, "SELECT count(*) FROM commitq.jobs").await, 0);
+}
+
+/// Lowering a key's limit while its jobs run: the running ones keep their
+/// slots (and leases) and finish, and the key's next job starts only once
+/// fewer than the new limit run.
+#[tokio::test]
+async fn a_lowered_limit_lets_running_jobs_finish_and_holds_the_next_back() {
+    let db = TestDb::new("t_slots_lowered_limit").await;
+    let c = db.connect().await;
+    c.batch_execute(
+        "SELECT commitq.set_concurrency_limit('account:*', 3);
+         SELECT count(*) FROM commitq.enqueue_many('accounts', 'touch', array_fill('{}'::jsonb, ARRAY[6]),
+                                                   concurrency_keys => array_fill('account:1'::text, ARRAY[6]));",
+    )
+    .await
+    .unwrap();
+    let claim = "SELECT job_id, lease_token FROM commitq.claim('accounts', 'w', 10)";
+    let running = async || scalar_with(&c, RUNNING, &[&"account:1"]).await;
+    let waiting = "SELECT count(*) FROM commitq.jobs WHERE state = 'blocked'";
+    let rows = c.query(claim, &[]).await.unwrap();
+    let first: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(first.len(), 3, "the limit of 3");
+    assert_eq!(scalar(&c, waiting).await, 3);
+
+    let changed: i32 = c
+        .query_one("SELECT commitq.set_concurrency_limit('account:*', 1)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 1, "the key in use took the new limit");
+    assert_eq!(running().await, 3, "the running jobs keep their slots");
+    for (id, token) in &first {
+        c.execute("SELECT * FROM commitq.heartbeat($1, $2)", &[id, token])
+            .await
+            .unwrap();
+    }
+
+    // Two finish: still one running, so nothing more may start.
+    for (id, token) in &first[..2] {
+        c.execute("SELECT commitq.complete($1, $2)", &[id, token])
+            .await
+            .unwrap();
+        assert!(c.query(claim, &[]).await.unwrap().is_empty());
+        assert_eq!(scalar(&c, waiting).await, 3, "no job handed a slot");
+    }
+    assert_eq!(running().await, 1);
+
+    // The last of them finishes: one job, and only one, gets the slot.
+    let (id, token) = first[2];
+    c.execute("SELECT commitq.complete($1, $2)", &[&id, &token])
+        .await
+        .unwrap();
+    assert_eq!(running().await, 1, "handed to the next job");
+    let rows = c.query(claim, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1, "the new limit of 1");
+    assert!(c.query(claim, &[]).await.unwrap().is_empty());
+    assert_eq!(scalar(&c, waiting).await, 2);
 }

@@ -1,8 +1,9 @@
 //! Concurrency keys through the worker pool: jobs that share a key never run
 //! at the same time (or more than its limit), whatever the number of
 //! handlers, and a control run without keys shows that the same workload
-//! does overlap, so the check can fail. What a slot does in SQL, job by job,
-//! is in `concurrency_key_slots.rs`.
+//! does overlap, so the check can fail; one key's backlog does not hold up
+//! the other keys. What a slot does in SQL, job by job, is in
+//! `concurrency_key_slots.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -213,4 +214,78 @@ async fn a_prefix_limit_lets_that_many_run_at_once() {
     enqueue_jobs(&client, 100, 2, true).await;
     let observed = run_pool(&client, 16, 100, 0).await;
     assert_eq!(observed.max_at_once.load(Ordering::SeqCst), 1);
+}
+
+/// One key's backlog does not hold up other keys: while a backlog of one
+/// account runs one job at a time, the jobs of other accounts, and jobs
+/// without a key, enqueued after the whole backlog, all run long before the
+/// backlog is through. (Put the other jobs under the backlog's key and they
+/// wait for all of it: that is what this test would see if the backlog
+/// starved them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_keys_backlog_does_not_hold_up_other_keys() {
+    let db = TestDb::new("t_ckeys_backlog").await;
+    let client = Client::connect(&db.url).await.unwrap();
+    const BACKLOG: i64 = 500;
+    const OTHERS: i64 = 30;
+    let enqueue = "SELECT count(*) FROM commitq.enqueue_many('accounts', 'touch', $1,
+                                                           concurrency_keys => $2)";
+    // Account 0's backlog first, then two jobs each of ten other accounts and
+    // ten jobs without a key (account -1).
+    let backlog: Vec<serde_json::Value> = (0..BACKLOG)
+        .map(|_| serde_json::json!({"account": 0}))
+        .collect();
+    let keys = vec!["account:0".to_string(); BACKLOG as usize];
+    scalar_with(&client, enqueue, &[&backlog, &keys]).await;
+    let accounts: Vec<i64> = (1..=10).chain(1..=10).chain([-1; 10]).collect();
+    let others: Vec<serde_json::Value> = accounts
+        .iter()
+        .map(|a| serde_json::json!({ "account": a }))
+        .collect();
+    let keys: Vec<Option<String>> = accounts
+        .iter()
+        .map(|&a| (a >= 0).then(|| format!("account:{a}")))
+        .collect();
+    scalar_with(&client, enqueue, &[&others, &keys]).await;
+
+    let backlog_done = Arc::new(AtomicI64::new(0));
+    let others_done = Arc::new(AtomicI64::new(0));
+    // How far the backlog had got when the last of the others finished.
+    let backlog_then = Arc::new(AtomicI64::new(-1));
+    let (b, o, t) = (
+        backlog_done.clone(),
+        others_done.clone(),
+        backlog_then.clone(),
+    );
+    let pool = WorkerPool::builder(client.clone())
+        .queue("accounts", 8)
+        .poll_interval(Duration::from_millis(5))
+        .handle(move |_ctx, job: Touch| {
+            let (b, o, t) = (b.clone(), o.clone(), t.clone());
+            async move {
+                // The backlog's jobs take a few milliseconds each.
+                if job.account == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    b.fetch_add(1, Ordering::SeqCst);
+                } else if o.fetch_add(1, Ordering::SeqCst) + 1 == OTHERS {
+                    t.store(b.load(Ordering::SeqCst), Ordering::SeqCst);
+                }
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let running = start_pool(pool);
+    wait_until(
+        "the other accounts' jobs",
+        Duration::from_secs(120),
+        async || others_done.load(Ordering::SeqCst) == OTHERS,
+    )
+    .await;
+    running.stop().await;
+    let then = backlog_then.load(Ordering::SeqCst);
+    eprintln!("the other jobs were done when {then} of the backlog's {BACKLOG} were");
+    assert!(
+        then < BACKLOG / 2,
+        "the other keys waited for the backlog: {then} of its {BACKLOG} jobs ran first"
+    );
 }

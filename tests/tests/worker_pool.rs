@@ -1,6 +1,9 @@
 //! The worker pool: typed jobs run exactly once, claim loops share a local
-//! queue, and a pool whose connections are killed recovers.
+//! queue, a handler's `Outcome::Snooze` puts its job back without spending an
+//! attempt, and a pool whose connections are killed recovers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use commitq::{Outcome, WorkerPool};
@@ -82,6 +85,75 @@ async fn several_claim_loops_share_a_local_queue_without_stalling() {
         scalar(&client, "SELECT count(*) FROM commitq.jobs").await,
         0,
         "nothing left in the queue"
+    );
+}
+
+/// A handler that answers `Outcome::Snooze` puts its job back for that long,
+/// without spending an attempt or recording an error, and it runs again
+/// once due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snoozing_handler_puts_its_job_back_without_spending_an_attempt() {
+    let (db, client) = setup("t_pool_snooze", EFFECTS).await;
+    let admin = db.connect().await;
+    let job = client.enqueue(&record(1, "later")).await.unwrap().job_id;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let seen = runs.clone();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 1)
+        .poll_interval(Duration::from_millis(50))
+        .handle(move |ctx, job: Record| {
+            let seen = seen.clone();
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Ok(Outcome::Snooze(Duration::from_secs(3600)));
+                }
+                let conn = ctx.client().pool().get().await?;
+                conn.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                    .await?;
+                Ok(Outcome::Complete)
+            }
+        })
+        .build();
+    let metrics = pool.metrics();
+    let running = start_pool(pool);
+    let state = "SELECT state::text, attempt, jsonb_array_length(errors),
+                        extract(epoch FROM run_at - now())::float8
+                   FROM commitq.jobs WHERE id = $1";
+    wait_until("the snooze", Duration::from_secs(20), async || {
+        admin
+            .query_one(state, &[&job])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            == "scheduled"
+    })
+    .await;
+    let row = admin.query_one(state, &[&job]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(1), 0, "no attempt spent");
+    assert_eq!(row.get::<_, i32>(2), 0, "no error recorded");
+    let delay: f64 = row.get(3);
+    assert!((3500.0..=3600.0).contains(&delay), "back in {delay} s");
+    let m = metrics.snapshot();
+    assert_eq!((m.snoozed, m.failed, m.completed), (1, 0, 0));
+
+    // Due now, as an hour passing would make it.
+    admin
+        .execute(
+            "UPDATE commitq.jobs SET run_at = now() WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    wait_until("the second run", Duration::from_secs(20), async || {
+        scalar(&admin, "SELECT count(*) FROM commitq.jobs").await == 0
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        scalar(&admin, "SELECT attempt::bigint FROM public.effects").await,
+        1,
+        "the run after the snooze is still the first attempt"
     );
 }
 
