@@ -1,63 +1,22 @@
 //! The race-test helper (`commitq::testing::Race`) on two stories of the
-//! demo: played naively, the invariant breaks; played with commitq's
-//! mechanisms, it holds in every round.
+//! demo: played naively, the invariant breaks; played with the mechanism
+//! that holds it (a concurrency key per account; a row lock on the balance
+//! in the job's transaction), it holds in every round, and a control run of
+//! the same jobs without that mechanism breaks, so the check can fail.
 
 use std::time::Duration;
 
 use commitq::testing::Race;
 use commitq::{Client, EnqueueOptions, HandlerResult, Job, JobContext, Outcome};
-use commitq_tests::TestDb;
+use commitq_tests::{scalar_with, setup, Sql};
 use serde::{Deserialize, Serialize};
 
-async fn setup(name: &str) -> (TestDb, Client) {
-    let db = TestDb::new(name).await;
-    db.connect()
-        .await
-        .batch_execute(
-            "CREATE TABLE public.accounts (id bigint PRIMARY KEY, suspended boolean NOT NULL DEFAULT false,
-                                           credits int NOT NULL DEFAULT 0);
-             CREATE TABLE public.emails (account bigint NOT NULL);
-             CREATE TABLE public.sms (account bigint NOT NULL);",
-        )
-        .await
-        .unwrap();
-    let client = Client::connect(&db.url).await.unwrap();
-    (db, client)
-}
-
-async fn exec(client: &Client, sql: &str, id: i64) {
-    client
-        .pool()
-        .get()
-        .await
-        .unwrap()
-        .execute(sql, &[&id])
-        .await
-        .unwrap();
-}
-
-async fn reset(client: &Client, sql: &str) {
-    client
-        .pool()
-        .get()
-        .await
-        .unwrap()
-        .batch_execute(sql)
-        .await
-        .unwrap();
-}
-
-async fn count(client: &Client, sql: &str, id: i64) -> i64 {
-    client
-        .pool()
-        .get()
-        .await
-        .unwrap()
-        .query_one(sql, &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
+/// The application's tables of both stories.
+const TABLES: &str =
+    "CREATE TABLE public.accounts (id bigint PRIMARY KEY, suspended boolean NOT NULL DEFAULT false,
+                                                  credits int NOT NULL DEFAULT 0);
+                      CREATE TABLE public.emails (account bigint NOT NULL);
+                      CREATE TABLE public.sms (account bigint NOT NULL);";
 
 /// Story: two jobs for one account both pass `unless suspended?` and both
 /// send the suspension email. The invariant: one email per account.
@@ -72,10 +31,10 @@ impl Job for SuspendAccount {
 }
 
 async fn one_email(client: Client, round: usize) -> Result<(), String> {
-    match count(
+    match scalar_with(
         &client,
         "SELECT count(*) FROM public.emails WHERE account = $1",
-        round as i64,
+        &[&(round as i64)],
     )
     .await
     {
@@ -86,7 +45,7 @@ async fn one_email(client: Client, round: usize) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_then_act_sends_two_emails_and_a_concurrency_key_sends_one() {
-    let (_db, client) = setup("t_race_suspend").await;
+    let (_db, client) = setup("t_race_suspend", TABLES).await;
 
     // Naive: each run checks, waits for the mail server, then acts.
     let naive = Race::new(client.clone())
@@ -97,12 +56,12 @@ async fn check_then_act_sends_two_emails_and_a_concurrency_key_sends_one() {
             |round| {
                 let client = client.clone();
                 async move {
-                    exec(
-                        &client,
-                        "INSERT INTO public.accounts (id) VALUES ($1)",
-                        round as i64,
-                    )
-                    .await;
+                    client
+                        .run(&format!(
+                            "INSERT INTO public.accounts (id) VALUES ({})",
+                            round as i64
+                        ))
+                        .await;
                 }
             },
             |run| async move {
@@ -141,7 +100,7 @@ async fn check_then_act_sends_two_emails_and_a_concurrency_key_sends_one() {
     // control, the same jobs without the key break: the helper's handlers
     // really do run together.
     for keyed in [false, true] {
-        reset(&client, "TRUNCATE public.accounts, public.emails").await;
+        client.run("TRUNCATE public.accounts, public.emails").await;
         let report = Race::new(client.clone())
             .workers(8)
             .rounds(10)
@@ -151,12 +110,12 @@ async fn check_then_act_sends_two_emails_and_a_concurrency_key_sends_one() {
                     let client = client.clone();
                     async move {
                         let account = round as i64;
-                        exec(
-                            &client,
-                            "INSERT INTO public.accounts (id) VALUES ($1)",
-                            account,
-                        )
-                        .await;
+                        client
+                            .run(&format!(
+                                "INSERT INTO public.accounts (id) VALUES ({})",
+                                account
+                            ))
+                            .await;
                         let mut options = EnqueueOptions::default();
                         if keyed {
                             options = options.concurrency_key(format!("account:{account}"));
@@ -227,16 +186,16 @@ const CREDITS: i32 = 5;
 
 async fn credits_add_up(client: Client, round: usize) -> Result<(), String> {
     let id = round as i64;
-    let sent = count(
+    let sent = scalar_with(
         &client,
         "SELECT count(*) FROM public.sms WHERE account = $1",
-        id,
+        &[&id],
     )
     .await;
-    let left = count(
+    let left = scalar_with(
         &client,
         "SELECT credits::bigint FROM public.accounts WHERE id = $1",
-        id,
+        &[&id],
     )
     .await;
     if sent + left != CREDITS as i64 || left < 0 || sent > CREDITS as i64 {
@@ -246,8 +205,8 @@ async fn credits_add_up(client: Client, round: usize) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn separate_read_and_write_lose_credits_and_one_transaction_does_not() {
-    let (_db, client) = setup("t_race_sms").await;
+async fn separate_read_and_write_lose_credits_and_locking_the_balance_row_does_not() {
+    let (_db, client) = setup("t_race_sms", TABLES).await;
     // Each round's community, with CREDITS credits and, for the commitq
     // side, eight jobs.
     let fill = |jobs: usize| {
@@ -312,41 +271,56 @@ async fn separate_read_and_write_lose_credits_and_one_transaction_does_not() {
         "the naive version should break: {naive}"
     );
 
-    // commitq: lock the balance, send, deduct and complete in one
-    // transaction. Eight jobs, five credits, every round.
-    reset(&client, "TRUNCATE public.accounts, public.sms").await;
-    let locked = Race::new(client.clone())
-        .workers(8)
-        .rounds(10)
-        .run_jobs(
-            fill(8),
-            |ctx, job: SendSms| async move {
-                let mut conn = ctx.client().pool().get().await?;
-                let tx = conn.transaction().await?;
-                let credits: i32 = tx
-                    .query_one(
-                        "SELECT credits FROM public.accounts WHERE id = $1 FOR UPDATE",
-                        &[&job.community],
-                    )
-                    .await?
-                    .get(0);
-                if credits > 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    tx.execute("INSERT INTO public.sms VALUES ($1)", &[&job.community])
-                        .await?;
-                    tx.execute(
-                        "UPDATE public.accounts SET credits = credits - 1 WHERE id = $1",
-                        &[&job.community],
-                    )
-                    .await?;
-                }
-                ctx.complete_in(&*tx).await?;
-                tx.commit().await?;
-                Ok(Outcome::Complete)
-            },
-            |round| credits_add_up(client.clone(), round),
+    // In the job's transaction: read the balance, send, deduct and complete.
+    // What keeps the count right is the row lock on the balance (FOR
+    // UPDATE), not the transaction: as a control, the same handler without
+    // the lock sends more SMS than there are credits.
+    for lock in [false, true] {
+        client.run("TRUNCATE public.accounts, public.sms").await;
+        let report = Race::new(client.clone())
+            .workers(8)
+            .rounds(if lock { 10 } else { 20 })
+            .stop_on_first_broken(!lock)
+            .run_jobs(
+                fill(8),
+                move |ctx, job: SendSms| send_sms_in_one_transaction(ctx, job, lock),
+                |round| credits_add_up(client.clone(), round),
+            )
+            .await;
+        if lock {
+            report.assert_clean();
+            assert_eq!(report.rounds, 10);
+        } else {
+            assert!(
+                !report.broken.is_empty(),
+                "without the row lock it should break: {report}"
+            );
+        }
+    }
+}
+
+/// Send one SMS if the community has a credit left, and deduct it, in the
+/// job's transaction; with `lock`, the balance is read FOR UPDATE.
+async fn send_sms_in_one_transaction(ctx: JobContext, job: SendSms, lock: bool) -> HandlerResult {
+    let mut conn = ctx.client().pool().get().await?;
+    let tx = conn.transaction().await?;
+    let read = if lock {
+        "SELECT credits FROM public.accounts WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT credits FROM public.accounts WHERE id = $1"
+    };
+    let credits: i32 = tx.query_one(read, &[&job.community]).await?.get(0);
+    if credits > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tx.execute("INSERT INTO public.sms VALUES ($1)", &[&job.community])
+            .await?;
+        tx.execute(
+            "UPDATE public.accounts SET credits = credits - 1 WHERE id = $1",
+            &[&job.community],
         )
-        .await;
-    locked.assert_clean();
-    assert_eq!(locked.rounds, 10);
+        .await?;
+    }
+    ctx.complete_in(&*tx).await?;
+    tx.commit().await?;
+    Ok(Outcome::Complete)
 }
