@@ -1,9 +1,14 @@
 //! One contender for a named lease, run as its own process by
-//! `tests/tests/lease_crashes.rs` (which SIGKILLs contenders at random).
-//! While it holds the lease it makes fenced increments of a protected
-//! counter and logs each with the token it held; now and then it stalls past
-//! its ttl without renewing and then tries to write, which must be refused.
+//! `tests/tests/lease_crashes.rs` (which SIGKILLs contenders at random, and
+//! SIGSTOPs the holder until another has taken the lease over). While it
+//! holds the lease it makes fenced increments of a protected counter and
+//! logs each with the token it held. It is careless on purpose: it does not
+//! look at whether its renewals succeeded, so a holder that was stopped and
+//! resumed writes with its old token, and only the fence can refuse it;
+//! every refusal is logged with its SQLSTATE. Now and then it also stalls
+//! past its ttl without renewing and then tries to write.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -23,10 +28,16 @@ struct Args {
     /// Lease ttl in milliseconds (commitq allows 1 second and up).
     #[arg(long, default_value_t = 1000)]
     ttl_ms: u64,
-    /// Stop after this many milliseconds.
+    /// Stop once this file exists.
     #[arg(long)]
+    stop_file: PathBuf,
+    /// Stop after this many milliseconds in any case.
+    #[arg(long, default_value_t = 300_000)]
     run_ms: u64,
 }
+
+/// Fenced writes per turn at holding the lease.
+const WRITES_PER_RUN: usize = 8;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -36,7 +47,7 @@ async fn main() {
     let until = Instant::now() + Duration::from_millis(args.run_ms);
     let owner = format!("holder-{}-pid-{}", args.holder, std::process::id());
     let mut runs = 0u32;
-    while Instant::now() < until {
+    while Instant::now() < until && !args.stop_file.exists() {
         let Some(token) = client
             .try_acquire_lease(&args.name, &owner, ttl)
             .await
@@ -50,34 +61,24 @@ async fn main() {
         // process or a long GC would, and writes after its ttl ran out.
         if runs == 2 && args.holder % 2 == 0 {
             tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-            match fenced_increment(&client, &args.name, token, args.holder).await {
-                Err(Error::StaleLease(_) | Error::LeaseExpired(_)) => {
-                    let conn = client.pool().get().await.expect("pool");
-                    conn.execute(
-                        "INSERT INTO public.refused (token, holder, pid) VALUES ($1, $2, $3)",
-                        &[&token, &args.holder, &(std::process::id() as i32)],
-                    )
-                    .await
-                    .expect("log refusal");
-                }
-                Err(e) => panic!("unexpected error: {e}"),
-                Ok(()) => {
-                    // Not an error here: nobody took the lease over while we
-                    // stalled, so the token is still the newest. The checker
-                    // verifies order and uniqueness of tokens either way.
-                }
-            }
+            // Refused (and logged), or not an error here: nobody took the
+            // lease over while it stalled, so the token is still the newest
+            // and the write is in order. The checker verifies order and
+            // uniqueness of tokens either way.
+            let _ = fenced_increment(&client, &args, token).await;
             continue;
         }
-        // A normal run: a few fenced increments, renewing as it goes.
-        for _ in 0..4 {
-            match fenced_increment(&client, &args.name, token, args.holder).await {
-                Ok(()) => {}
-                Err(Error::StaleLease(_) | Error::LeaseExpired(_)) => break,
-                Err(e) => panic!("unexpected error: {e}"),
+        // A normal run: fenced increments, renewing as it goes without
+        // looking at whether the renewal worked.
+        for i in 0..WRITES_PER_RUN {
+            if fenced_increment(&client, &args, token).await.is_err() {
+                break;
+            }
+            if i + 1 == WRITES_PER_RUN {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let renewed = client
+            let _ = client
                 .pool()
                 .get()
                 .await
@@ -87,9 +88,6 @@ async fn main() {
                     &[&args.name, &token, &ttl.as_secs_f64()],
                 )
                 .await;
-            if renewed.is_err() {
-                break;
-            }
         }
         // Give it back (a killed contender cannot: its lease runs out).
         let _ = client
@@ -105,15 +103,29 @@ async fn main() {
     }
 }
 
+/// A fenced increment; a refusal by the fence is logged with its SQLSTATE
+/// and returned, any other error ends the process.
+async fn fenced_increment(client: &Client, args: &Args, token: i64) -> Result<(), ()> {
+    let code = match try_increment(client, &args.name, token, args.holder).await {
+        Ok(()) => return Ok(()),
+        Err(Error::StaleLease(_)) => "CQ102",
+        Err(Error::LeaseExpired(_)) => "CQ103",
+        Err(e) => panic!("unexpected error: {e}"),
+    };
+    let conn = client.pool().get().await.expect("pool");
+    conn.execute(
+        "INSERT INTO public.refused (token, holder, pid, code) VALUES ($1, $2, $3, $4)",
+        &[&token, &args.holder, &(std::process::id() as i32), &code],
+    )
+    .await
+    .expect("log refusal");
+    Err(())
+}
+
 /// In one transaction: check the fencing token (holding the lease until
 /// commit), read the counter and the last token that wrote it, add one, and
 /// log the write with what it saw.
-async fn fenced_increment(
-    client: &Client,
-    name: &str,
-    token: i64,
-    holder: i32,
-) -> Result<(), Error> {
+async fn try_increment(client: &Client, name: &str, token: i64, holder: i32) -> Result<(), Error> {
     let mut conn = client.pool().get().await?;
     let tx = conn.transaction().await?;
     tx.execute(
