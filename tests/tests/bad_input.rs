@@ -3,15 +3,13 @@
 //! edges of the calendar, names with quotes and look-alike letters, numbers
 //! out of range, unknown jobs and stale leases, a job kind no worker knows.
 //! Each case gets its documented error or behaviour, and a refused call
-//! leaves everything as it was. A property test checks the argument
-//! validation against a model of the documented rules.
+//! leaves everything as it was. The property test of the name rules, and
+//! what the NULL defaults do, are in `argument_rules.rs`.
 
 use std::time::Duration;
 
 use commitq::{Client, EnqueueOptions, Error, Job, Outcome, WorkerPool};
 use commitq_tests::{error_message, everything_stored, sqlstate, TestDb};
-use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
 /// Every public function with a valid value for each argument (SQL literal,
 /// type), and the arguments for which NULL has a documented meaning rather
@@ -510,100 +508,4 @@ async fn through_the_client_bad_input_is_a_typed_error_and_unknown_kinds_wait_fo
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "scheduled");
     assert!(row.get::<_, String>(1).contains("no handler for kind"));
-}
-
-/// The documented rules, as a model: a queue is 1 to 48 of a-z 0-9 _ . -
-/// starting with a letter or digit; a kind 1 to 128 of A-Z a-z 0-9 _ . : / -
-/// starting with a letter, digit or _; keys 1 to 255 bytes without control
-/// characters; priority a smallint; max_attempts 1..1000.
-fn model_accepts(queue: &str, kind: &str, key: &str, priority: i32, attempts: i32) -> bool {
-    let queue_ok = (1..=48).contains(&queue.len())
-        && queue
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && queue
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
-    let kind_ok = (1..=128).contains(&kind.len())
-        && kind
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && kind
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(c));
-    let key_ok = (1..=255).contains(&key.len()) && !key.chars().any(char::is_control);
-    queue_ok
-        && kind_ok
-        && key_ok
-        && (i16::MIN as i32..=i16::MAX as i32).contains(&priority)
-        && (1..=1000).contains(&attempts)
-}
-
-/// Strings near the rules' edges: the allowed alphabets, their look-alikes,
-/// punctuation, controls and multi-byte letters, at lengths around the limits.
-fn name() -> impl Strategy<Value = String> {
-    let pieces = prop_oneof![
-        "[a-z0-9_.-]{1,10}",
-        "[A-Za-z0-9_.:/-]{1,10}",
-        "[ ;'\"\\\\%]{1,2}",
-        Just("\u{0430}".to_string()),
-        Just("\u{200b}".to_string()),
-        Just("\u{7}".to_string()),
-        Just("é".to_string()),
-        "[a-z]{40,60}",
-        "[a-z]{120,140}",
-        "[a-z]{250,260}",
-    ];
-    prop::collection::vec(pieces, 0..4).prop_map(|v| v.concat())
-}
-
-#[test]
-fn enqueue_validation_matches_the_documented_rules() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (db, c) = rt.block_on(async {
-        let db = TestDb::new("t_bad_property").await;
-        let c = db.connect().await;
-        (db, c)
-    });
-    let mut runner = TestRunner::new(Config {
-        cases: 400,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let inputs = (name(), name(), name(), -40000i32..40000, -5i32..1100);
-    let result = runner.run(&inputs, |(queue, kind, key, priority, attempts)| {
-        let expected = model_accepts(&queue, &kind, &key, priority, attempts);
-        let outcome = rt.block_on(async {
-            c.batch_execute("BEGIN").await.unwrap();
-            let r = c
-                .execute(
-                    "SELECT commitq.enqueue($1, $2, '{}', priority => $3, max_attempts => $4,
-                                            idempotency_key => $5, concurrency_key => $5)",
-                    &[&queue, &kind, &priority, &attempts, &key],
-                )
-                .await;
-            c.batch_execute("ROLLBACK").await.unwrap();
-            r
-        });
-        match outcome {
-            Ok(_) => prop_assert!(
-                expected,
-                "accepted {queue:?} {kind:?} {key:?} {priority} {attempts}"
-            ),
-            Err(e) => {
-                prop_assert!(
-                    !expected,
-                    "refused {queue:?} {kind:?} {key:?} {priority} {attempts}: {e}"
-                );
-                prop_assert_eq!(sqlstate(&e), "CQ001");
-            }
-        }
-        Ok(())
-    });
-    drop(db);
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
