@@ -9,7 +9,7 @@ use std::time::Duration;
 use commitq::{Outcome, WorkerPool};
 use commitq_tests::{
     no_backoff, record, recording_pool, scalar, setup, start_pool, wait_until, Record, TestDb,
-    EFFECTS,
+    EFFECTS, INSERT_EFFECT,
 };
 
 #[tokio::test]
@@ -115,11 +115,8 @@ async fn a_panicking_handler_is_retried_and_the_worker_survives() {
                     panic!("first attempt blows up");
                 }
                 let conn = ctx.client().pool().get().await?;
-                conn.execute(
-                    "INSERT INTO public.effects (n, label, attempt) VALUES ($1, $2, $3)",
-                    &[&job.n, &job.label, &ctx.attempt],
-                )
-                .await?;
+                conn.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                    .await?;
                 Ok(Outcome::Complete)
             }
         })
