@@ -45,10 +45,48 @@ pub fn kind_problem(kind: &str) -> Option<String> {
     None
 }
 
-/// 1 to `MAX_KEY_LEN` bytes without control characters: the rule for keys
-/// and for named-lease names.
+/// 1 to `MAX_KEY_LEN` bytes of printable text: the rule for keys and for
+/// named-lease names.
 pub fn is_printable_key(text: &str) -> bool {
-    !text.is_empty() && text.len() <= MAX_KEY_LEN && !text.chars().any(char::is_control)
+    !text.is_empty() && text.len() <= MAX_KEY_LEN && !text.chars().any(is_unprintable)
+}
+
+/// Characters that are not printable text: controls (Unicode category Cc),
+/// format characters (Cf) and the line and paragraph separators (Zl, Zp).
+/// Format characters are invisible (zero-width spaces and joiners,
+/// bidirectional marks and overrides, the byte order mark), so a key with
+/// one looks like another key that it is not.
+pub fn is_unprintable(c: char) -> bool {
+    // Category Cf of Unicode 15, as ranges of code points; std has no
+    // category table, and this one changes once in years.
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let code = c as u32;
+    c.is_control()
+        || code == 0x2028
+        || code == 0x2029
+        || FORMAT.iter().any(|&(from, to)| (from..=to).contains(&code))
 }
 
 /// Idempotency and concurrency keys are the caller's own strings (UUIDs,

@@ -44,22 +44,6 @@ const UNPRINTABLE: &[(u32, u32, &str)] = &[
     ),
 ];
 
-/// Of those, the ones the code accepts today: it refuses control
-/// characters (Unicode category Cc) only, so the invisible format
-/// characters and separators pass although the docs promise printable
-/// text. Listed so that the suite shows the gap and stays green; when the
-/// code refuses them, `every_unprintable_character_is_refused_in_keys_and_lease_names`
-/// fails and this list goes.
-const ACCEPTED_THOUGH_UNPRINTABLE: &[(u32, u32)] = &[
-    (0xad, 0xad),
-    (0x61c, 0x61c),
-    (0x200b, 0x200f),
-    (0x2028, 0x202e),
-    (0x2060, 0x2064),
-    (0x2066, 0x2069),
-    (0xfeff, 0xfeff),
-];
-
 fn in_ranges(c: char, ranges: impl IntoIterator<Item = (u32, u32)>) -> bool {
     ranges
         .into_iter()
@@ -68,11 +52,6 @@ fn in_ranges(c: char, ranges: impl IntoIterator<Item = (u32, u32)>) -> bool {
 
 fn unprintable(c: char) -> bool {
     in_ranges(c, UNPRINTABLE.iter().map(|&(from, to, _)| (from, to)))
-}
-
-/// Refused by the docs and by the code today.
-fn refused_today(c: char) -> bool {
-    unprintable(c) && !in_ranges(c, ACCEPTED_THOUGH_UNPRINTABLE.iter().copied())
 }
 
 /// "`n` to `m` of <alphabet>, starting with <first>", counted in characters.
@@ -86,7 +65,7 @@ fn spelled_from(text: &str, len: std::ops::RangeInclusive<usize>, all: &str, fir
 /// printable text"; priority a smallint (-32768..32767); max_attempts
 /// 1..1000.
 fn model_accepts(queue: &str, kind: &str, key: &str, priority: i32, attempts: i32) -> bool {
-    let key_ok = (1..=255).contains(&key.len()) && !key.chars().any(refused_today);
+    let key_ok = (1..=255).contains(&key.len()) && !key.chars().any(unprintable);
     spelled_from(queue, 1..=48, QUEUE_CHARS, QUEUE_FIRST)
         && spelled_from(kind, 1..=128, KIND_CHARS, KIND_FIRST)
         && key_ok
@@ -184,8 +163,7 @@ fn enqueue_validation_matches_the_documented_rules() {
 }
 
 /// Each character of the table, inside an otherwise good key, idempotency
-/// key, concurrency key and lease name: refused with CQ001, except those
-/// listed in ACCEPTED_THOUGH_UNPRINTABLE, which the code still accepts.
+/// key, concurrency key and lease name: refused with CQ001.
 #[tokio::test]
 async fn every_unprintable_character_is_refused_in_keys_and_lease_names() {
     let db = TestDb::new("t_rules_unprintable").await;
@@ -206,15 +184,8 @@ async fn every_unprintable_character_is_refused_in_keys_and_lease_names() {
                 c.batch_execute("ROLLBACK").await.unwrap();
                 checked += 1;
                 let label = format!("U+{:04X} ({what}) in {sql}", c_point as u32);
-                if refused_today(c_point) {
-                    let e = result.expect_err(&label);
-                    assert_eq!(sqlstate(&e), "CQ001", "{label}: {e}");
-                } else {
-                    assert!(
-                        result.is_ok(),
-                        "{label} is refused now: drop it from ACCEPTED_THOUGH_UNPRINTABLE"
-                    );
-                }
+                let e = result.expect_err(&label);
+                assert_eq!(sqlstate(&e), "CQ001", "{label}: {e}");
             }
         }
     }
