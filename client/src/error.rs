@@ -9,11 +9,14 @@ pub enum Error {
     /// The database has no `pg_commitq` extension.
     #[error("the pg_commitq extension is not installed in this database")]
     ExtensionMissing,
-    /// The installed extension is not the version this client was built for.
-    #[error("pg_commitq {installed} is installed, this client needs {expected}")]
+    /// The installed extension is a version this client does not work
+    /// with: older than the oldest one with every function it calls, or of
+    /// a later major version (see `check_extension`).
+    #[error("pg_commitq {installed} is installed, this client needs a version {accepted}")]
     VersionMismatch {
         installed: String,
-        expected: &'static str,
+        /// The accepted versions, as `>= MIN, < NEXT_MAJOR.0.0`.
+        accepted: String,
     },
     /// SQLSTATE CQ001: an argument was NULL, malformed or out of range.
     #[error("invalid argument: {0}")]

@@ -2,8 +2,10 @@
 //!
 //! The queue lives in PostgreSQL (the `pg_commitq` extension); this crate is
 //! a thin layer over its SQL functions. It never carries a copy of the
-//! schema: it checks that the installed extension is the version it was
-//! built with and fails with [`Error::VersionMismatch`] otherwise.
+//! schema: it checks that the installed extension is a version it works
+//! with (from [`MIN_EXTENSION_VERSION`] up to, not including, the next major
+//! version after [`EXTENSION_VERSION`]) and fails with
+//! [`Error::VersionMismatch`] otherwise.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -51,6 +53,7 @@ mod metrics;
 mod named_lease;
 mod pool;
 pub mod testing;
+mod version;
 
 pub use client::{enqueue, enqueue_many, Client};
 pub use error::Error;
@@ -59,22 +62,24 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use named_lease::Lease;
 pub use pool::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};
 
-/// The `pg_commitq` version this client speaks to: the workspace version.
-pub const EXTENSION_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::{EXTENSION_VERSION, MIN_EXTENSION_VERSION};
 
-/// Check that `pg_commitq` is installed in the connected database at
-/// [`EXTENSION_VERSION`].
+/// Check that `pg_commitq` is installed in the connected database at a
+/// version this client works with: at least [`MIN_EXTENSION_VERSION`] and
+/// below the next major version after [`EXTENSION_VERSION`]. Within a major
+/// version the extension only adds or compatibly replaces SQL objects, so
+/// the database and the workers can be upgraded in either order.
 pub async fn check_extension<C: tokio_postgres::GenericClient>(client: &C) -> Result<(), Error> {
     let installed = driver::extension_version(client).await?;
     match installed {
         None => Err(Error::ExtensionMissing),
         Some(installed) => {
-            if installed == EXTENSION_VERSION {
+            if version::accepts(&installed, EXTENSION_VERSION, MIN_EXTENSION_VERSION) {
                 Ok(())
             } else {
                 Err(Error::VersionMismatch {
                     installed,
-                    expected: EXTENSION_VERSION,
+                    accepted: version::accepted_range(EXTENSION_VERSION, MIN_EXTENSION_VERSION),
                 })
             }
         }
