@@ -1,7 +1,7 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
 # `make help` lists every target with the `##` comment above it.
 # PG_CONFIG=/path/to/pg_config points every target at another PostgreSQL.
-.PHONY: help setup demo test install cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+.PHONY: help setup demo test install sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
 .DEFAULT_GOAL := help
 
 ## List the targets and what each does.
@@ -43,6 +43,12 @@ cluster-status:
 ## Open psql on the demo database of the project-local cluster.
 psql:
 	dev/cluster.sh psql -d commitq_demo
+
+## Write target/sql-only/commitq.sql: commitq as one SQL file, for managed
+## PostgreSQL where no extension library can be installed (psql -f; see
+## docs/managed-postgres.md).
+sql-only:
+	dev/sql-only.sh
 
 ## Measure commitq next to raw SQL and other PostgreSQL job queues (installed
 ## from package registries) on the project-local cluster; writes results/ and
