@@ -1,0 +1,18 @@
+-- pg_commitq upgrade 0.1.0 -> 0.2.0, run by ALTER EXTENSION pg_commitq UPDATE.
+--
+-- Every change to a SQL object between the two versions (in sql/*.sql, which
+-- a fresh CREATE EXTENSION at 0.2.0 runs) is repeated here, so that a
+-- database upgraded from 0.1.0 ends with the same objects, grants and
+-- comments as a fresh install: tests/upgrade/run.sh compares the two
+-- catalogs and names any difference.
+--
+-- Rules (docs/upgrading.md): within a major version objects are only added
+-- or compatibly replaced, never dropped or changed incompatibly, because
+-- clients of 0.1.0 keep calling them. Use CREATE OR REPLACE for functions
+-- whose signature stays the same, CREATE ... / ALTER TABLE ... ADD for new
+-- objects, and repeat the GRANTs of sql/security.sql for anything new. The
+-- script runs in one transaction as the extension's owner, with search_path
+-- set to the extension's schema; name objects with their schema anyway, as
+-- sql/*.sql does.
+--
+-- No SQL object has changed since 0.1.0 yet.
