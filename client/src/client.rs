@@ -1,9 +1,9 @@
 //! Connecting, and enqueueing on a pool or inside the caller's transaction.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres::GenericClient;
 
-use crate::{check_extension, driver, EnqueueOptions, Enqueued, Error, Job};
+use crate::{check_extension, driver, tls, EnqueueOptions, Enqueued, Error, Job};
 
 /// A handle on a database with `pg_commitq` installed: a connection pool
 /// whose extension version was checked.
@@ -15,14 +15,14 @@ pub struct Client {
 
 impl Client {
     /// Connect with a libpq-style connection string or URL
-    /// (`host=/run/postgresql dbname=app` or `postgres://...`).
+    /// (`host=/run/postgresql dbname=app` or `postgres://...`). TLS is as
+    /// libpq's `sslmode` and `sslrootcert` in it say (default: prefer),
+    /// for the pool and the worker pool's LISTEN connection alike.
     pub async fn connect(url: &str) -> Result<Client, Error> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| Error::Config(e.to_string()))?;
+        let (config, tls) = tls::configure(url)?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -45,7 +45,8 @@ impl Client {
         Ok(Client { pool, url: None })
     }
 
-    /// The connection string the worker pool opens its LISTEN connection with.
+    /// The connection string the worker pool opens its LISTEN connection
+    /// with, TLS settings included (as for [`Client::connect`]).
     pub fn with_listen_url(mut self, url: impl Into<String>) -> Client {
         self.url = Some(url.into());
         self

@@ -36,6 +36,15 @@ pub enum Error {
     /// The connection string or pool settings are not usable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The connection string's `sslmode` is not one libpq knows, or is
+    /// weaker than its `sslrootcert=system` allows.
+    #[error("sslmode: {0}")]
+    SslMode(String),
+    /// The CA certificates to check the server's certificate against (the
+    /// file `sslrootcert` names, `~/.postgresql/root.crt` that verify-ca
+    /// and verify-full fall back to, or the system's) could not be read.
+    #[error("sslrootcert {path}: {reason}")]
+    SslRootCert { path: String, reason: String },
     /// No connection could be had from the pool.
     #[error("connection pool: {0}")]
     Pool(String),

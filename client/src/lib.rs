@@ -53,6 +53,7 @@ mod metrics;
 mod named_lease;
 mod pool;
 pub mod testing;
+mod tls;
 mod version;
 
 pub use client::{enqueue, enqueue_many, Client};

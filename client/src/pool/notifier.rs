@@ -7,23 +7,30 @@ use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::driver;
+use crate::{driver, tls};
 
 /// Keep a LISTEN connection for the pool's queues, reconnecting when it
 /// drops; after every (re)connect all queues are woken, since notifications
-/// sent while disconnected are lost.
+/// sent while disconnected are lost. The connection's TLS is the pool's:
+/// the same connection string.
 pub(super) async fn listen(
     url: String,
     queues: HashMap<String, Arc<Notify>>,
     stop: CancellationToken,
 ) {
+    let (config, tls) = match tls::configure(&url) {
+        Ok(settings) => settings,
+        Err(e) => {
+            warn!(error = %e, "LISTEN connection string unusable; polling only");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
-        match tokio_postgres::connect(&url, NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 tokio::spawn(async move {
