@@ -54,6 +54,25 @@ pub async fn connect_listening(
     (client, rx)
 }
 
+/// The statement that installs the extension in a test's database: a plain
+/// `CREATE EXTENSION`, or with `COMMITQ_TEST_EXTENSION_VERSION=V` the
+/// extension created at release V and at once upgraded to the installed
+/// default (`ALTER EXTENSION pg_commitq UPDATE`), so the same tests run on a
+/// database that went through the upgrade scripts (tests/upgrade/run.sh).
+pub fn create_extension_sql() -> String {
+    match std::env::var("COMMITQ_TEST_EXTENSION_VERSION") {
+        Ok(v) if !v.is_empty() => {
+            assert!(
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c)),
+                "COMMITQ_TEST_EXTENSION_VERSION={v:?} is not a version"
+            );
+            format!("CREATE EXTENSION pg_commitq VERSION '{v}'; ALTER EXTENSION pg_commitq UPDATE")
+        }
+        _ => "CREATE EXTENSION pg_commitq".to_string(),
+    }
+}
+
 /// A database of one test's own, with the extension installed.
 pub struct TestDb {
     pub name: String,
@@ -79,7 +98,7 @@ impl TestDb {
         let url = with_dbname(&base, name);
         connect(&url)
             .await
-            .batch_execute("CREATE EXTENSION pg_commitq")
+            .batch_execute(&create_extension_sql())
             .await
             .unwrap();
         TestDb {
