@@ -220,11 +220,15 @@ pub async fn check(db: &Client, known: &Known) -> Vec<Check> {
     ] {
         out.push(info(name, q(sql).await));
     }
+    // Every claim of a job gives it a larger token, and a lease ends before
+    // the job can be claimed again: so an attempt must be done holding its
+    // lease before any attempt with a larger token begins. This also
+    // catches an attempt that acts again after a newer one has finished.
     out.push(must_be_zero(
-        "two starts of one job whose leases overlap in time",
+        "two starts of one job whose leases overlap in time (or come out of token order)",
         q("SELECT count(*) FROM public.held a JOIN public.held b
               ON a.job_id = b.job_id AND a.lease_token < b.lease_token
-             AND b.held_from < a.held_to AND a.held_from < b.held_to")
+             AND a.held_to > b.held_from")
         .await,
     ));
     out.push(must_be_zero(
