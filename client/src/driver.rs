@@ -47,16 +47,22 @@ pub(crate) struct EffectRow {
 }
 
 /// The installed `pg_commitq` version, `None` when it is not installed.
+/// Without the extension (`make sql-only`, for managed PostgreSQL) the
+/// version is in the comment of the schema commitq: "commitq 0.2.0 (sql-only)".
 pub(crate) async fn extension_version(
     client: &impl GenericClient,
 ) -> Result<Option<String>, Error> {
     let row = client
-        .query_opt(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_commitq'",
+        .query_one(
+            "SELECT coalesce(
+                 (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_commitq'),
+                 pg_catalog.substring(
+                     pg_catalog.obj_description(pg_catalog.to_regnamespace('commitq'), 'pg_namespace'),
+                     '^commitq ([^ ]+) [(]sql-only[)]$'))",
             &[],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    Ok(row.get(0))
 }
 
 /// `commitq.enqueue`: one job. Unset options take the SQL function's

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
+pub mod sql_only;
+
 /// The cluster's connection string, from `COMMITQ_DATABASE_URL`
 /// (`eval "$(dev/cluster.sh env)"` sets it; `make test` does that for you).
 pub fn cluster_url() -> String {
@@ -80,8 +82,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Create (or re-create) database `name` with `pg_commitq` installed.
+    /// Create (or re-create) database `name` with `pg_commitq` installed
+    /// (or, with `COMMITQ_TEST_INSTALL=sql-only`, commitq loaded from
+    /// target/sql-only/commitq.sql into database `name`_sqlonly).
     pub async fn new(name: &str) -> TestDb {
+        let name = &sql_only::db_name(name);
         let base = cluster_url();
         let admin = connect(&base).await;
         // Two statements, not one batch: DROP DATABASE refuses to run in the
@@ -96,11 +101,15 @@ impl TestDb {
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
         let url = with_dbname(&base, name);
-        connect(&url)
-            .await
-            .batch_execute(&create_extension_sql())
-            .await
-            .unwrap();
+        if sql_only::enabled() {
+            sql_only::install(&admin, name, &url).await;
+        } else {
+            connect(&url)
+                .await
+                .batch_execute(&create_extension_sql())
+                .await
+                .unwrap();
+        }
         TestDb {
             name: name.to_string(),
             url,
