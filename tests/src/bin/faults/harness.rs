@@ -37,6 +37,13 @@ impl Cluster {
         assert!(status.success(), "dev/cluster.sh {cmd} failed");
     }
 
+    /// Start the cluster; it is stopped when the returned guard is dropped,
+    /// also when the run panics.
+    pub fn start(&self) -> Running<'_> {
+        self.run("start");
+        Running(self)
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname={db}",
@@ -49,6 +56,19 @@ impl Cluster {
             "host=127.0.0.1 port={} user=postgres dbname={db}",
             self.proxy_port
         )
+    }
+}
+
+/// The suite's cluster while it runs.
+pub struct Running<'a>(&'a Cluster);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("dev/cluster.sh"))
+            .arg("stop")
+            .env("COMMITQ_PGDIR", &self.0.dir)
+            .env("COMMITQ_PGPORT", self.0.port.to_string())
+            .status();
     }
 }
 

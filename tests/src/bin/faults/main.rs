@@ -112,10 +112,9 @@ async fn main() {
         proxy_port: args.proxy_port,
     };
     let started = Instant::now();
-    cluster.run("start");
-    let result = run(&args, &mode, &cluster).await;
-    cluster.run("stop");
-    let (table, violations) = result;
+    let running = cluster.start();
+    let (table, violations) = run(&args, &mode, &cluster).await;
+    drop(running);
     println!("{table}");
     let out = root().join("target/faults");
     std::fs::create_dir_all(&out).unwrap();
