@@ -41,7 +41,10 @@ fresh_db() { # name: an empty database owned by $owner
 
 step "equivalence with the extension"
 fresh_db commitq_sqlonly_ref
-"${psql[@]}" -d commitq_sqlonly_ref -c "CREATE EXTENSION pg_commitq"
+# The extension at the version of these sources (the cluster's
+# pg_commitq, installed from this checkout, has older releases beside it).
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+"${psql[@]}" -d commitq_sqlonly_ref -c "CREATE EXTENSION pg_commitq VERSION '$version'"
 fresh_db commitq_sqlonly_eq
 "${psql[@]}" -U "$owner" -d commitq_sqlonly_eq -f target/sql-only/commitq.sql
 for db in commitq_sqlonly_ref commitq_sqlonly_eq; do
