@@ -89,7 +89,8 @@ test('a committed job runs exactly once, woken by LISTEN', async () => {
 });
 
 test('a job enqueued in a rolled-back transaction never runs', async () => {
-  startWorker('mail', { send_receipt: sendReceipt }, { poll: 60 });
+  const worker = startWorker('mail', { send_receipt: sendReceipt }, { poll: 60 });
+  await waitFor('the worker to wait', () => waiting(worker));
   await db.query('BEGIN');
   await db.query("INSERT INTO orders (id, email) VALUES (2, 'bob@example.com')");
   await enqueue(db, 'mail', 'send_receipt', { order_id: 2 });
@@ -150,10 +151,10 @@ test('a killed worker leaves no write, and its job is retried', async () => {
 test('heartbeats keep the lease of a long job', async () => {
   startWorker('slow', {
     send_receipt: async (conn, job) => {
-      await sleep(2_500); // more than twice the lease
+      await sleep(4_500); // more than twice the lease
       await sendReceipt(conn, job);
     },
-  }, { lease: 1, poll: 0.5 });
+  }, { lease: 2, poll: 0.5 });
   await enqueueCommitted('slow', 7);
   await waitFor('the job to finish', async () => (await finished('slow')).length > 0);
   assert.deepEqual((await finished('slow')).map((j) => [j.state, j.attempt]), [['completed', 1]]);

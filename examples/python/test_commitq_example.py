@@ -92,7 +92,8 @@ def test_committed_job_runs_exactly_once_woken_by_listen(db, start_worker):
 
 
 def test_rolled_back_job_never_runs(db, start_worker):
-    start_worker("mail", {"send_receipt": send_receipt}, poll=60)
+    worker = start_worker("mail", {"send_receipt": send_receipt}, poll=60)
+    wait_for("the worker to wait", lambda: waiting(db, worker))
     with pytest.raises(RuntimeError):
         with db.transaction():
             db.execute("INSERT INTO orders (id, email) VALUES (2, 'bob@example.com')")
@@ -154,10 +155,10 @@ def test_killed_worker_leaves_no_write_and_its_job_is_retried(db, start_worker):
 
 def test_heartbeats_keep_the_lease_of_a_long_job(db, start_worker):
     def slow(conn, job):
-        time.sleep(2.5)  # more than twice the lease
+        time.sleep(4.5)  # more than twice the lease
         send_receipt(conn, job)
 
-    start_worker("slow", {"send_receipt": slow}, lease=1, poll=0.5)
+    start_worker("slow", {"send_receipt": slow}, lease=2, poll=0.5)
     with db.transaction():
         enqueue(db, "slow", "send_receipt", {"order_id": 7})
     wait_for("the job to finish", lambda: finished(db, "slow"))
