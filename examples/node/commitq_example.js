@@ -109,7 +109,7 @@ export class Worker {
   }
 }
 
-// `node commitq_example.js`: a worker; libpq's PG* variables say where the database is.
+// `node commitq_example.js` runs a worker; PGHOST, PGDATABASE... say where the database is.
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   await new Worker({}, 'mail', { send_receipt: sendReceipt }).run();
 }

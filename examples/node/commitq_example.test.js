@@ -1,6 +1,6 @@
 // The example's promises, checked against a real server: run by
-// tests/stacks/run.sh, which points libpq's PG* variables at a fresh database
-// with pg_commitq installed.
+// tests/stacks/run.sh, which points the PG* variables (PGHOST, PGDATABASE...)
+// at a fresh database with pg_commitq installed.
 import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
 import { once } from 'node:events';

@@ -105,5 +105,5 @@ class Worker:
             beating.join()
 
 
-if __name__ == "__main__":  # libpq's PG* variables say where the database is
+if __name__ == "__main__":  # PGHOST, PGDATABASE... say where the database is, as for psql
     Worker("", "mail", {"send_receipt": send_receipt}).run()
