@@ -4,6 +4,17 @@
 #   pg_test      #[pg_test] functions inside one backend (cargo pgrx test)
 #   integration  tests/ crate: several real connections to the project cluster
 #   isolation    pg_isolation_regress specs for interleavings
+#   stacks       the Python (psycopg 3) and Node (pg) examples in examples/,
+#                tested with pytest and node --test against the project cluster
+#   sql_only     commitq loaded from `make sql-only`'s file (no library): the
+#                same answers and catalog as the extension, then contract,
+#                integration and isolation tests on it
+#   upgrade      each frozen release (extension/releases) filled with jobs and
+#                upgraded by ALTER EXTENSION: jobs survive, the catalog equals a
+#                fresh install, contract tests pass; the previous client release
+#                against this extension
+#   package      the Debian package (`make package`) installed with apt on the
+#                system server, then CREATE EXTENSION and the SQL quick start
 #   faults       the fault-injection suite, short mode (worker processes
 #                killed, stopped, disconnected; PostgreSQL crashed), on a
 #                cluster of its own
@@ -57,6 +68,14 @@ isolation() {
     tests/isolation/run.sh
 }
 
+# A layer whose script is missing fails: a renamed script must not turn a
+# layer into a silent pass.
+script_layer() {
+    local script=$1
+    [ -x "$script" ] || { echo "missing $script" >&2; return 1; }
+    "$script"
+}
+
 faults() {
     cargo run --quiet -p commitq-tests --bin faults -- --short
 }
@@ -66,6 +85,8 @@ layer pg_test pg_test
 if install_and_start; then
     layer integration integration
     layer isolation isolation
+    layer stacks script_layer tests/stacks/run.sh
+    layer sql_only script_layer tests/sql_only/run.sh
     layer faults faults
 else
     failed+=("install")
