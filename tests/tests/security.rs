@@ -115,6 +115,38 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         &["operator"],
         "SELECT commitq.set_concurrency_limit('tenant:*', 3)",
     ),
+    // For the database's owner only (pg_database_owner), none of the roles
+    // here: tests/database_grants.rs.
+    (
+        "grant_producer",
+        &[],
+        "SELECT commitq.grant_producer(current_user::regrole)",
+    ),
+    (
+        "grant_worker",
+        &[],
+        "SELECT commitq.grant_worker(current_user::regrole)",
+    ),
+    (
+        "grant_operator",
+        &[],
+        "SELECT commitq.grant_operator(current_user::regrole)",
+    ),
+    (
+        "revoke_producer",
+        &[],
+        "SELECT commitq.revoke_producer(current_user::regrole)",
+    ),
+    (
+        "revoke_worker",
+        &[],
+        "SELECT commitq.revoke_worker(current_user::regrole)",
+    ),
+    (
+        "revoke_operator",
+        &[],
+        "SELECT commitq.revoke_operator(current_user::regrole)",
+    ),
 ];
 
 /// Roles of the matrix: (name in the matrix, granted role). Each test logs
