@@ -1,7 +1,7 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
 # `make help` lists every target with the `##` comment above it.
 # PG_CONFIG=/path/to/pg_config points every target at another PostgreSQL.
-.PHONY: help setup demo test install sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+.PHONY: help setup demo test install package sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
 .DEFAULT_GOAL := help
 
 ## List the targets and what each does.
@@ -26,6 +26,12 @@ test: setup
 ## PG_CONFIG's; for a DBA: then CREATE EXTENSION pg_commitq in a database).
 install: setup
 	dev/install-extension.sh
+
+## Build the Debian package of the extension for PostgreSQL 15 (or
+## PG_CONFIG's): target/package/pg-commitq_<version>_amd64.deb, for a DBA to
+## install with apt-get install ./pg-commitq_<version>_amd64.deb.
+package: setup
+	dev/package.sh
 
 ## Start the project-local cluster (target/pg, port 54329) with the extension built from this checkout.
 cluster-start: setup
