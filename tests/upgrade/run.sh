@@ -25,6 +25,17 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
+# The tools beyond PostgreSQL's and cargo (Debian 12 has them, a slim image
+# may not).
+missing=()
+for tool in git:git tar:tar diff:diffutils sha256sum:coreutils; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get install -qq -y "${missing[@]}" >/dev/null
+fi
 . dev/pg-env.sh
 bindir=$("$PG_CONFIG" --bindir)
 eval "$(dev/cluster.sh env)"
