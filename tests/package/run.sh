@@ -11,6 +11,9 @@
 #      request's write)
 #   3. in another: CREATE EXTENSION pg_commitq VERSION '<oldest release>',
 #      then ALTER EXTENSION pg_commitq UPDATE to the package's version
+#   4. the Rust crate commitq is ready to publish: cargo publish --dry-run
+#      packages it and builds it from the packaged files (its doc examples
+#      run as doctests in the integration layer)
 # Exits non-zero if any step failed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -138,6 +141,13 @@ SELECT commitq.complete(:claimed, :lease_token);
 SELECT pg_temp.expect(:claimed = :enqueued, 'the job enqueued before the update to be claimed after it');
 SQL
 say "CREATE EXTENSION pg_commitq VERSION '$oldest', ALTER EXTENSION UPDATE to $version ($((SECONDS - t0)) s)"
+
+# 4. The client crate, as crates.io would get it.
+if ! cargo publish --dry-run --allow-dirty -p commitq >"$root/target/package/publish.log" 2>&1; then
+    cat "$root/target/package/publish.log" >&2
+    fail "cargo publish --dry-run -p commitq"
+fi
+say "cargo publish --dry-run -p commitq ($((SECONDS - t0)) s)"
 
 for db in commitq_package_demo commitq_package_upgrade; do
     psql_db postgres -c "DROP DATABASE \"$db\" WITH (FORCE)"
