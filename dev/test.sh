@@ -87,6 +87,8 @@ if install_and_start; then
     layer isolation isolation
     layer stacks script_layer tests/stacks/run.sh
     layer sql_only script_layer tests/sql_only/run.sh
+    layer upgrade script_layer tests/upgrade/run.sh
+    layer package script_layer tests/package/run.sh
     layer faults faults
 else
     failed+=("install")
