@@ -69,10 +69,9 @@ AS $$
         ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
-        -- Cron schedules (sql/schedule.sql); the view needs _cron_next.
+        -- Cron schedules (sql/schedule.sql).
         ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
-        ('operator', 'EXECUTE', 'FUNCTION commitq._cron_next(text, text, timestamptz)'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
         ('operator', 'UPDATE', 'TABLE commitq.config')
@@ -243,6 +242,9 @@ CREATE TABLE commitq.cron_schedules (
     -- The evaluation cursor: every tick up to this instant was handled
     -- (fired, skipped or missed). Only moves forward.
     evaluated_until    timestamptz NOT NULL,
+    -- The first tick after the cursor, kept with it (the view shows it
+    -- without calling into the extension).
+    next_tick          timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
@@ -290,7 +292,7 @@ AS 'MODULE_PATHNAME', 'cron_next_wrapper';
 -- Create a schedule, or replace the one of that name. Replacing keeps the
 -- cursor when the cron expression and time zone stay the same (missed ticks
 -- are still caught up); otherwise the new expression's ticks start now.
--- Returns the next tick.
+-- Returns the next tick (its first tick after now, for a new schedule).
 CREATE FUNCTION commitq.schedule(
     name text,
     cron text,
@@ -309,6 +311,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
+DECLARE
+    v_next timestamptz;
 BEGIN
     PERFORM commitq._check(CASE
         WHEN name IS NULL THEN 'schedule name must not be NULL'
@@ -327,9 +331,9 @@ BEGIN
     END);
     INSERT INTO commitq.cron_schedules AS s
         (name, cron, timezone, queue, kind, args, priority, max_attempts, concurrency_key,
-         backfill, paused, skip_while_running, evaluated_until)
+         backfill, paused, skip_while_running, evaluated_until, next_tick)
     VALUES (name, cron, timezone, queue, kind, args, priority, max_attempts, concurrency_key,
-            backfill, paused, skip_while_running, now())
+            backfill, paused, skip_while_running, now(), commitq._cron_next(cron, timezone, now()))
     ON CONFLICT ON CONSTRAINT cron_schedules_pkey DO UPDATE
        SET cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, queue = EXCLUDED.queue,
            kind = EXCLUDED.kind, args = EXCLUDED.args, priority = EXCLUDED.priority,
@@ -338,9 +342,11 @@ BEGIN
            skip_while_running = EXCLUDED.skip_while_running, updated_at = now(),
            evaluated_until = CASE WHEN s.cron = EXCLUDED.cron AND s.timezone = EXCLUDED.timezone
                                   THEN s.evaluated_until
-                                  ELSE greatest(s.evaluated_until, EXCLUDED.evaluated_until) END;
-    RETURN (SELECT commitq._cron_next(s.cron, s.timezone, s.evaluated_until)
-              FROM commitq.cron_schedules s WHERE s.name = schedule.name);
+                                  ELSE greatest(s.evaluated_until, EXCLUDED.evaluated_until) END,
+           next_tick = CASE WHEN s.cron = EXCLUDED.cron AND s.timezone = EXCLUDED.timezone
+                            THEN s.next_tick ELSE EXCLUDED.next_tick END
+    RETURNING s.next_tick INTO v_next;
+    RETURN v_next;
 END
 $$;
 
@@ -416,7 +422,8 @@ BEGIN
                 CONTINUE;
             END;
         END IF;
-        UPDATE commitq.cron_schedules x SET evaluated_until = p_now
+        UPDATE commitq.cron_schedules x
+           SET evaluated_until = p_now, next_tick = commitq._cron_next(s.cron, s.timezone, p_now)
          WHERE x.name = s.name AND x.evaluated_until < p_now;
     END LOOP;
     -- Tick rows are kept as long as finished jobs, and the latest of each
@@ -433,7 +440,7 @@ $$;
 CREATE VIEW commitq.schedules AS
 SELECT s.name, s.cron, s.timezone, s.queue, s.kind, s.args, s.priority, s.max_attempts,
        s.concurrency_key, s.backfill, s.paused, s.skip_while_running,
-       CASE WHEN NOT s.paused THEN commitq._cron_next(s.cron, s.timezone, s.evaluated_until) END AS next_tick,
+       CASE WHEN NOT s.paused THEN s.next_tick END AS next_tick,
        l.tick AS last_tick, l.job_id AS last_job_id, l.outcome AS last_outcome,
        s.evaluated_until, s.created_at, s.updated_at
   FROM commitq.cron_schedules s
@@ -590,7 +597,6 @@ BEGIN
     scheduled := commitq._run_schedules(now());
 END
 $$;
-
 REVOKE ALL ON FUNCTION commitq.maintain() FROM PUBLIC;
 DO $$
 DECLARE
@@ -619,5 +625,5 @@ REVOKE ALL ON FUNCTION commitq._cron_problem(text, text),
 GRANT SELECT ON TABLE commitq.cron_schedules, commitq.schedule_ticks, commitq.schedules TO commitq_operator;
 GRANT EXECUTE ON FUNCTION
     commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean),
-    commitq.unschedule(text), commitq._cron_next(text, text, timestamptz)
+    commitq.unschedule(text)
     TO commitq_operator;
