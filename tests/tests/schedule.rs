@@ -4,8 +4,21 @@
 //! choose (commitq._run_schedules(now), the part of maintain() that fires
 //! schedules), so no test waits for real minutes or days.
 
-use commitq_tests::{error_message, scalar, sqlstate, TestDb};
+use commitq_tests::{error_message, scalar, sql_only, sqlstate, TestDb};
 use tokio_postgres::Client;
+
+/// The sql-only install has no cron parser (dev/sql-only.sh, UNAVAILABLE):
+/// there every test below but the last is skipped, and the last checks the
+/// error schedules get instead.
+fn skipped_in_sql_only() -> bool {
+    let skip = sql_only::enabled();
+    if skip {
+        eprintln!(
+            "skipped: cron schedules need the pg_commitq extension, not in the sql-only install"
+        );
+    }
+    skip
+}
 
 /// Create a schedule (`options`: extra named arguments of commitq.schedule)
 /// whose ticks up to `from` count as handled.
@@ -43,6 +56,9 @@ fn ticks(expected: &[(&str, bool)]) -> Vec<(String, bool)> {
 
 #[tokio::test]
 async fn by_default_only_the_latest_missed_tick_runs() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_catch_up").await;
     let c = db.connect().await;
     schedule_from(&c, "minutely", "* * * * *", "", "2026-01-01 00:00Z").await;
@@ -73,6 +89,9 @@ async fn by_default_only_the_latest_missed_tick_runs() {
 
 #[tokio::test]
 async fn a_backfill_window_runs_every_missed_tick_inside_it_once() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_backfill").await;
     let c = db.connect().await;
     schedule_from(
@@ -112,6 +131,9 @@ async fn a_backfill_window_runs_every_missed_tick_inside_it_once() {
 /// 2026-03-08 has no 02:00-03:00, 2026-11-01 has 01:00-02:00 twice.
 #[tokio::test]
 async fn daylight_saving_days_follow_the_documented_rules() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_dst").await;
     let c = db.connect().await;
     let cases: &[(&str, &str, &str, &str, &[(&str, bool)])] = &[
@@ -194,6 +216,9 @@ async fn daylight_saving_days_follow_the_documented_rules() {
 
 #[tokio::test]
 async fn a_tick_is_skipped_while_the_previous_job_waits_or_runs() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_overlap").await;
     let c = db.connect().await;
     schedule_from(
@@ -253,6 +278,9 @@ async fn a_tick_is_skipped_while_the_previous_job_waits_or_runs() {
 /// same instant: each of the 3600 ticks fires once.
 #[tokio::test]
 async fn concurrent_evaluators_fire_each_tick_once() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_concurrent").await;
     let c = db.connect().await;
     schedule_from(
@@ -289,6 +317,9 @@ async fn concurrent_evaluators_fire_each_tick_once() {
 
 #[tokio::test]
 async fn maintain_fires_due_ticks_and_the_view_shows_them() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_maintain").await;
     let c = db.connect().await;
     schedule_from(&c, "hourly", "@hourly", "", "2000-01-01 00:00Z").await;
@@ -335,6 +366,9 @@ async fn maintain_fires_due_ticks_and_the_view_shows_them() {
 
 #[tokio::test]
 async fn unschedule_stops_a_schedule_and_keeps_its_jobs() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_unschedule").await;
     let c = db.connect().await;
     schedule_from(&c, "gone", "* * * * *", "", "2026-01-01 00:00Z").await;
@@ -365,6 +399,9 @@ async fn unschedule_stops_a_schedule_and_keeps_its_jobs() {
 
 #[tokio::test]
 async fn bad_schedules_are_refused_with_cq001() {
+    if skipped_in_sql_only() {
+        return;
+    }
     let db = TestDb::new("t_schedule_bad").await;
     let c = db.connect().await;
     let cases = [
@@ -475,4 +512,31 @@ async fn bad_schedules_are_refused_with_cq001() {
         .await
         .unwrap_or_else(|e| panic!("{cron}: {e}"));
     }
+}
+
+#[tokio::test]
+async fn schedules_are_refused_in_the_sql_only_install() {
+    if !sql_only::enabled() {
+        return;
+    }
+    let db = TestDb::new("t_schedule_sql_only").await;
+    let c = db.connect().await;
+    let e = c
+        .query_one("SELECT commitq.schedule('s', '* * * * *', 'q', 'k')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    assert!(
+        error_message(&e).contains("cron schedules need the pg_commitq extension"),
+        "{e}"
+    );
+    // Everything else of maintain() works, and the view is there, empty.
+    assert_eq!(
+        scalar(&c, "SELECT scheduled FROM commitq.maintain()").await,
+        0
+    );
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM commitq.schedules").await,
+        0
+    );
 }
