@@ -603,7 +603,7 @@ DECLARE
     a record;
 BEGIN
     FOR a IN SELECT x.grantee, x.is_grantable
-               FROM pg_catalog.aclexplode(pg_catalog.nullif(
+               FROM pg_catalog.aclexplode(NULLIF(
                         pg_catalog.current_setting('pg_commitq_upgrade.maintain_acl'), '')::pg_catalog.aclitem[]) x
               WHERE x.privilege_type = 'EXECUTE' AND x.grantee <> x.grantor
     LOOP
