@@ -49,7 +49,7 @@ fn to_utc(ts: TimestampWithTimeZone) -> Option<DateTime<Utc>> {
     if !ts.is_finite() {
         return None;
     }
-    let micros = i64::from(ts.into_inner()).checked_add(PG_EPOCH_MICROS)?;
+    let micros = ts.into_inner().checked_add(PG_EPOCH_MICROS)?;
     Utc.timestamp_micros(micros).single()
 }
 

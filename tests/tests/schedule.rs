@@ -136,7 +136,9 @@ async fn daylight_saving_days_follow_the_documented_rules() {
     }
     let db = TestDb::new("t_schedule_dst").await;
     let c = db.connect().await;
-    let cases: &[(&str, &str, &str, &str, &[(&str, bool)])] = &[
+    // (cron, time zone, cursor, evaluated at, the ticks that fire)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [(&'a str, bool)]);
+    let cases: &[Case] = &[
         // 02:30 does not exist on the spring-forward day: it runs at 03:00
         // CEST, the first valid time after the gap.
         (
