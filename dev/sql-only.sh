@@ -8,7 +8,10 @@
 #   - each LANGUAGE c declaration replaced by the PL/pgSQL function of the
 #     same name in sql/sql-only/<same file>.sql, whose argument list and
 #     result must read the same (a declaration without one fails the build,
-#     and so does an equivalent that replaces nothing); the other
+#     and so does an equivalent that replaces nothing), or, for the few
+#     functions listed in UNAVAILABLE below with the reason, by a function
+#     of the same head that raises feature_not_supported (0A000) with that
+#     reason, so the catalog stays the extension's; the other
 #     statements of that file (helpers named commitq._sql_only_*, the
 #     config column) go after that file;
 #   - what CREATE EXTENSION gives a script for free, done by hand: the
@@ -112,6 +115,30 @@ def function_head(stmt):
 def is_c(stmt):
     return re.search(r"\bLANGUAGE\s+c\b", code(stmt), re.I) is not None
 
+# Functions written in C that this mode does without, each with the reason
+# its callers get. Cron schedules (sql/schedule.sql): a cron parser and a
+# time zone calendar in PL/pgSQL would be a second implementation of
+# croner's rules, daylight-saving days included, to keep in step; on a
+# managed service pg_cron can enqueue instead (docs/managed-postgres.md).
+CRON_REASON = ("cron schedules need the pg_commitq extension (its cron parser); "
+               "in the sql-only install, enqueue from pg_cron instead (docs/managed-postgres.md)")
+UNAVAILABLE = {
+    "commitq._cron_problem": CRON_REASON,
+    "commitq._cron_due": CRON_REASON,
+    "commitq._cron_next": CRON_REASON,
+}
+
+def unavailable(stmt, reason):
+    """The LANGUAGE c declaration turned into PL/pgSQL that raises."""
+    out, n = re.subn(r"\bLANGUAGE\s+c\b", "LANGUAGE plpgsql", stmt, count=1, flags=re.I)
+    body = ("SET search_path = pg_catalog, pg_temp\nAS $$\nBEGIN\n"
+            "    RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',\n"
+            f"        MESSAGE = 'commitq: {reason}';\nEND\n$$;")
+    out, m = re.subn(r"AS\s+'MODULE_PATHNAME'\s*,\s*'[^']*'\s*;", lambda _: body, out, count=1)
+    if n != 1 or m != 1:
+        fail(f"cannot turn {function_head(stmt)[0]} into its unavailable stand-in")
+    return out
+
 # The equivalents: sql/sql-only/<file>.sql, by function name.
 equivalents, preludes, used = {}, {}, set()
 for path in sorted((root / "sql/sql-only").glob("*.sql")):
@@ -167,6 +194,13 @@ for name in order:
             head = function_head(s)
             if head is None:
                 fail(f"sql/{name}: a LANGUAGE c statement that is not CREATE FUNCTION")
+            if head[0] in UNAVAILABLE:
+                if head[0] in equivalents:
+                    fail(f"{head[0]} is both unavailable and defined in sql/sql-only/")
+                used.add(head[0])
+                body.append(lead + "-- sql-only: unavailable in this mode, raises 0A000:\n"
+                            + unavailable(stmt_code, UNAVAILABLE[head[0]]))
+                continue
             if head[0] not in equivalents:
                 fail(f"sql/{name}: {head[0]} is LANGUAGE c and has no equivalent in sql/sql-only/")
             efile, ehead, estmt = equivalents[head[0]]
@@ -191,9 +225,9 @@ for name in order:
         body += preludes.pop(name)
     parts.append(f"\n-- ===== sql/{name} =====\n" + "".join(body) + tail)
 
-unused = sorted(set(equivalents) - used)
+unused = sorted((set(equivalents) | set(UNAVAILABLE)) - used)
 if unused:
-    fail(f"sql/sql-only/ defines {', '.join(unused)}, which no LANGUAGE c declaration asks for")
+    fail(f"sql/sql-only/ or UNAVAILABLE names {', '.join(unused)}, which no LANGUAGE c declaration asks for")
 left = [f for f, pre in preludes.items() if pre]
 if left:
     fail(f"sql/sql-only/{left[0]} has statements but no sql/{left[0]} declaration to go with")

@@ -9,7 +9,8 @@
 -- scheduled jobs available, and blocked jobs whose key has a free slot
 -- (after a limit was raised); forget idle concurrency keys; prune finished jobs past
 -- commitq.config.finished_retention and idempotency keys past
--- commitq.config.idempotency_window. Returns how many rows each step touched.
+-- commitq.config.idempotency_window; fire the due ticks of cron schedules
+-- (sql/schedule.sql). Returns how many rows each step touched.
 CREATE FUNCTION commitq.maintain(
     OUT rescued bigint,
     OUT discarded bigint,
@@ -17,7 +18,8 @@ CREATE FUNCTION commitq.maintain(
     OUT pruned_jobs bigint,
     OUT pruned_keys bigint,
     OUT unblocked bigint,
-    OUT pruned_concurrency_keys bigint)
+    OUT pruned_concurrency_keys bigint,
+    OUT scheduled bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -132,5 +134,7 @@ BEGIN
     -- A worker that stopped without claiming again stays registered as
     -- waiting; forget it after a while (it only costs needless NOTIFYs).
     DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';
+
+    scheduled := commitq._run_schedules(now());
 END
 $$;

@@ -88,6 +88,9 @@ AS $$
         ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
+        -- Cron schedules (sql/schedule.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
         ('operator', 'UPDATE', 'TABLE commitq.config')

@@ -11,6 +11,7 @@
 use pgrx::prelude::*;
 
 mod checks;
+mod cron;
 mod enqueue;
 mod errors;
 mod rules;
@@ -74,9 +75,14 @@ extension_sql_file!(
     requires = ["concurrency_keys"]
 );
 extension_sql_file!(
+    "../../sql/schedule.sql",
+    name = "schedule",
+    requires = ["enqueue"]
+);
+extension_sql_file!(
     "../../sql/maintain.sql",
     name = "maintain",
-    requires = ["finish"]
+    requires = ["finish", "schedule"]
 );
 extension_sql_file!(
     "../../sql/named_lease.sql",

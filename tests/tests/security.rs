@@ -115,6 +115,16 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         &["operator"],
         "SELECT commitq.set_concurrency_limit('tenant:*', 3)",
     ),
+    (
+        "schedule",
+        &["operator"],
+        "SELECT commitq.schedule('nightly', '0 3 * * *', 'q', 'k')",
+    ),
+    (
+        "unschedule",
+        &["operator"],
+        "SELECT commitq.unschedule('nightly')",
+    ),
     // For the database's owner only (pg_database_owner), none of the roles
     // here: tests/database_grants.rs.
     (
