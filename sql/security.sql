@@ -88,6 +88,10 @@ AS $$
         ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
         ('operator', 'UPDATE', 'TABLE commitq.config')
