@@ -246,5 +246,7 @@ SELECT pg_catalog.current_database() AS database,
 
 REVOKE ALL ON FUNCTION commitq._engine_status() FROM PUBLIC;
 REVOKE ALL ON commitq.engine_status FROM PUBLIC;
+-- Its row type too, as for every table (sql/security.sql).
+REVOKE ALL ON TYPE commitq.engine_status FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION commitq._engine_status() TO commitq_operator;
 GRANT SELECT ON commitq.engine_status TO commitq_operator;
