@@ -15,7 +15,8 @@ SELECT 'function ' || p.oid::regprocedure || ' returns ' || pg_get_function_resu
        || ' args ' || pg_get_function_arguments(p.oid)
        || ' ' || p.provolatile::text || p.proparallel::text || ' secdef=' || p.prosecdef || ' strict=' || p.proisstrict
        || CASE WHEN l.lanname = 'c' OR p.proname IN ('_check', '_queue_problem', '_job_problem',
-                   '_worker_lease_problem', '_batch_problem', '_lease_args_problem', '_max_args_bytes')
+                   '_worker_lease_problem', '_batch_problem', '_lease_args_problem', '_max_args_bytes',
+                   '_engine_status')
                    OR (p.proname = 'enqueue' AND p.pronargs = 9)
                THEN '' ELSE ' ' || l.lanname || ' ' || coalesce(array_to_string(p.proconfig, ','), '') END
        || ' acl ' || pg_temp.acl(p.proacl, p.proowner)
