@@ -11,6 +11,12 @@
 # COMMITQ_PGPORT picks the port (default 54329); COMMITQ_PGDIR names the
 # folder under target/ (default pg), so a second cluster can run beside the
 # first (the fault-injection suite crashes its own).
+#
+# The server preloads the extension's library (shared_preload_libraries =
+# 'pg_commitq'), which runs its engine (docs/operations.md, Engine).
+# COMMITQ_PRELOAD=0 at start runs it without, as a server where only
+# CREATE EXTENSION was done: tests of that mode start a cluster so. The line
+# lives in commitq-preload.conf beside postgresql.conf, rewritten at each start.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -79,6 +85,19 @@ log_min_error_statement = panic
 EOF
 }
 
+# The preload line, included by postgresql.conf (added to a cluster made
+# before it existed).
+write_preload() {
+    if ! grep -q "commitq-preload.conf" "$data/postgresql.conf"; then
+        printf "\ninclude_if_exists = 'commitq-preload.conf'\n" | run_as_owner tee -a "$data/postgresql.conf" >/dev/null
+    fi
+    if [ "${COMMITQ_PRELOAD:-1}" = 0 ]; then
+        echo "# COMMITQ_PRELOAD=0: no engine" | run_as_owner tee "$data/commitq-preload.conf" >/dev/null
+    else
+        echo "shared_preload_libraries = 'pg_commitq'" | run_as_owner tee "$data/commitq-preload.conf" >/dev/null
+    fi
+}
+
 start() {
     if is_running; then
         if [ "$(running_port)" != "$port" ]; then
@@ -93,6 +112,7 @@ start() {
         exit 1
     fi
     [ -f "$data/PG_VERSION" ] || init
+    write_preload
     # A server killed without a clean stop leaves its pid file; pg_ctl copes.
     # Without the developer's RUST_BACKTRACE: the server would add a Rust
     # backtrace to the DETAIL of errors that pass through the extension's

@@ -91,6 +91,10 @@ AS $$
         -- Cron schedules (sql/schedule.sql).
         ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
         ('operator', 'UPDATE', 'TABLE commitq.config')

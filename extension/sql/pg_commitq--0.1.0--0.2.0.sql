@@ -72,6 +72,10 @@ AS $$
         -- Cron schedules (sql/schedule.sql).
         ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
         ('operator', 'UPDATE', 'TABLE commitq.config')
@@ -627,3 +631,48 @@ GRANT EXECUTE ON FUNCTION
     commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean),
     commitq.unschedule(text)
     TO commitq_operator;
+
+-- ===== 0.2.0: the engine's state (sql/engine.sql) =====
+
+-- The engine's state in this database, from the server's shared memory
+-- (nothing is stored in tables: it restarts empty with the server).
+-- Timestamps are PostgreSQL's microseconds since 2000-01-01; the view below
+-- is the interface.
+CREATE FUNCTION commitq._engine_status(
+    OUT engine_loaded boolean,
+    OUT ticks bigint,
+    OUT errors bigint,
+    OUT last_tick_us bigint,
+    OUT last_duration_us bigint,
+    OUT last_ok_us bigint,
+    OUT last_error_us bigint,
+    OUT last_error text)
+RETURNS SETOF record
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'engine_status_wrapper';
+
+-- One row for this database: whether the engine runs at all (the library
+-- preloaded and commitq.engine_enabled on here), how many ticks ran and how
+-- many failed since the server started, the start and duration of the last
+-- tick, the last one that succeeded, and the last error with its time. A
+-- last_ok_at later than last_error_at means the engine recovered.
+CREATE VIEW commitq.engine_status AS
+SELECT pg_catalog.current_database() AS database,
+       s.engine_loaded,
+       s.engine_loaded
+           AND coalesce(pg_catalog.current_setting('commitq.engine_enabled', true), 'on') = 'on' AS enabled,
+       s.ticks,
+       s.errors,
+       timestamptz '2000-01-01 00:00:00+00' + s.last_tick_us * interval '1 microsecond' AS last_tick_at,
+       s.last_duration_us * interval '1 microsecond' AS last_tick_duration,
+       timestamptz '2000-01-01 00:00:00+00' + s.last_ok_us * interval '1 microsecond' AS last_ok_at,
+       timestamptz '2000-01-01 00:00:00+00' + s.last_error_us * interval '1 microsecond' AS last_error_at,
+       s.last_error
+  FROM commitq._engine_status() s;
+
+REVOKE ALL ON FUNCTION commitq._engine_status() FROM PUBLIC;
+REVOKE ALL ON commitq.engine_status FROM PUBLIC;
+-- Its row type too, as for every table (sql/security.sql).
+REVOKE ALL ON TYPE commitq.engine_status FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION commitq._engine_status() TO commitq_operator;
+GRANT SELECT ON commitq.engine_status TO commitq_operator;

@@ -6,12 +6,14 @@
 //! for what SQL cannot do well or fast enough: the argument checks called on
 //! every claim and completion (`checks`, applying the rules of `rules`), and
 //! the single-job `commitq.enqueue` (`enqueue`), the call every producer
-//! makes. `errors` raises commitq's own SQLSTATE from Rust.
+//! makes. `errors` raises commitq's own SQLSTATE from Rust. `engine` runs
+//! maintain in every database when the library is preloaded.
 
 use pgrx::prelude::*;
 
 mod checks;
 mod cron;
+mod engine;
 mod enqueue;
 mod errors;
 mod rules;
@@ -22,6 +24,8 @@ mod settings;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::define();
+    engine::define_settings();
+    engine::init();
 }
 
 // The SQL files, in the order the install script runs them. A file comes
@@ -93,6 +97,11 @@ extension_sql_file!(
     "../../sql/effect_ledger.sql",
     name = "effect_ledger",
     requires = ["job_lease"]
+);
+extension_sql_file!(
+    "../../sql/engine.sql",
+    name = "engine",
+    requires = ["maintain"]
 );
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);

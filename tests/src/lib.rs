@@ -91,9 +91,13 @@ impl TestDb {
         let admin = connect(&base).await;
         // Two statements, not one batch: DROP DATABASE refuses to run in the
         // implicit transaction of a multi-statement query.
+        // The engine (a preloaded library's background workers) stays out
+        // of tests' databases: tests that count what maintain() did would
+        // race it. tests/tests/engine.rs turns it back on in its own.
         for sql in [
             format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
             format!("CREATE DATABASE \"{name}\""),
+            format!("ALTER DATABASE \"{name}\" SET commitq.engine_enabled = off"),
         ] {
             admin
                 .batch_execute(&sql)
