@@ -25,6 +25,10 @@ if [ "${COMMITQ_TEST_INSTALL:-}" = sql-only ]; then
     "${psql[@]}" -U "${COMMITQ_TEST_INSTALL_AS:-postgres}" -d "$db" -f "$root/target/sql-only/commitq.sql"
 else
     "$root/dev/cluster.sh" createdb "$db"
+    # The specs call maintain() at chosen steps: the engine (preloaded in the
+    # project cluster) must not run it between them.
+    "$("$PG_CONFIG" --bindir)/psql" -qX -v ON_ERROR_STOP=1 -d postgres \
+        -c "ALTER DATABASE $db SET commitq.engine_enabled = off"
 fi
 if [ $# -gt 0 ]; then specs=("$@"); else
     specs=(); for f in "$here"/specs/*.spec; do specs+=("$(basename "$f" .spec)"); done
