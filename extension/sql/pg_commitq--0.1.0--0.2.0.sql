@@ -4,7 +4,9 @@
 -- a fresh CREATE EXTENSION at 0.2.0 runs) is repeated here, so that a
 -- database upgraded from 0.1.0 ends with the same objects, grants and
 -- comments as a fresh install: tests/upgrade/run.sh compares the two
--- catalogs and names any difference.
+-- catalogs and names any difference. (It is long because it repeats every
+-- new object of the release whole; it is one file because ALTER EXTENSION
+-- runs one script per version step.)
 --
 -- Rules (docs/upgrading.md): within a major version objects are only added
 -- or compatibly replaced, never dropped or changed incompatibly, because

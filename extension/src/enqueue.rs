@@ -13,7 +13,7 @@
 //! looks nothing up on the caller's path. Its statements name every table,
 //! type, function and operator with its schema, and its parameters are typed
 //! by OID. A plan is re-made when the caller's search_path changes, and
-//! resolves to the same objects. `tests/tests/security.rs` plants
+//! resolves to the same objects. `tests/tests/search_path.rs` plants
 //! look-alikes of all of them and checks that enqueue is unmoved.
 
 use std::borrow::Cow;

@@ -77,7 +77,7 @@ step "contract and integration tests"
 #     commitq.enqueue in C; here catalog.sql checks every function's
 #     SET clause against the extension's, and this mode's enqueue pins it.
 # A role of one test that owns objects in a database stops that test from
-# dropping the role in another: security.rs's cq_m_mallory owns objects in
+# dropping the role in another: search_path.rs's cq_m_mallory owns objects in
 # the extension layer's t_sec_hostile, and would in this layer's
 # t_sec_hostile_sqlonly. So that database goes first, and this layer's
 # databases go when it ends.
@@ -90,7 +90,7 @@ trap drop_test_dbs EXIT
 export COMMITQ_TEST_INSTALL=sql-only COMMITQ_TEST_INSTALL_AS=$owner
 tests=(foundation enqueue claim finish bad_input argument_rules job_lease wakeup retry
        concurrency_keys concurrency_key_slots maintain named_lease effect_ledger operator
-       security worker_pool pool_shutdown schedule)
+       security search_path worker_pool pool_shutdown schedule)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 cargo test --quiet -p commitq-tests "${args[@]}" -- \

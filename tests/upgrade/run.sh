@@ -165,7 +165,7 @@ if [ "$oldest" != "$version" ]; then
     COMMITQ_TEST_EXTENSION_VERSION=$oldest cargo test --quiet --no-fail-fast -p commitq-tests \
         --test foundation --test enqueue --test claim --test finish --test retry --test job_lease \
         --test concurrency_key_slots --test effect_ledger --test named_lease \
-        --test maintain --test operator --test wakeup --test bad_input --test security --test database_grants \
+        --test maintain --test operator --test wakeup --test bad_input --test security --test search_path --test database_grants \
         --test worker_pool 2>&1 | quiet
     [ "${PIPESTATUS[0]}" = 0 ] || failed "integration tests on databases upgraded from $oldest"
     say "integration tests done ($((SECONDS - t1)) s)"
