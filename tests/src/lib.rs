@@ -375,3 +375,29 @@ pub async fn waiting_on(db: &impl Sql, queue: &str) -> i64 {
     )
     .await
 }
+
+/// A job's whole life across two roles: `producer` enqueues a job in queue
+/// `q`, and `worker` claims and completes it. Shows that granted roles do
+/// their part, not only get past the grant check.
+pub async fn enqueue_claim_complete_as(producer: &Client, worker: &Client) {
+    let id: i64 = producer
+        .query_one("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row = worker
+        .query_one(
+            "SELECT job_id, lease_token FROM commitq.claim('q', 'w', 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), id);
+    worker
+        .execute(
+            "SELECT commitq.complete($1, $2)",
+            &[&id, &row.get::<_, i64>(1)],
+        )
+        .await
+        .unwrap();
+}

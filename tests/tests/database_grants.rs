@@ -7,7 +7,7 @@
 //! privileges of its cluster role, only the database's owner or a superuser
 //! may grant, and a revoke takes the privileges back.
 
-use commitq_tests::{connect, sqlstate, TestDb};
+use commitq_tests::{connect, enqueue_claim_complete_as, sqlstate, TestDb};
 use tokio_postgres::Client;
 
 const KINDS: [&str; 3] = ["producer", "worker", "operator"];
@@ -169,26 +169,7 @@ async fn a_role_granted_in_one_database_uses_commitq_there_only() {
     // A job's whole life in A by the per-database roles.
     let producer = connect(&a.url_as(&per_db("producer"))).await;
     let worker = connect(&a.url_as(&per_db("worker"))).await;
-    let id: i64 = producer
-        .query_one("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let row = worker
-        .query_one(
-            "SELECT job_id, lease_token FROM commitq.claim('q', 'w', 1)",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), id);
-    worker
-        .execute(
-            "SELECT commitq.complete($1, $2)",
-            &[&id, &row.get::<_, i64>(1)],
-        )
-        .await
-        .unwrap();
+    enqueue_claim_complete_as(&producer, &worker).await;
 
     // A revoke takes it back: the producer is refused in A too, the
     // cluster producer still works.

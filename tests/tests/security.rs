@@ -3,7 +3,7 @@
 //! no grant, PUBLIC), checked both in the catalog and by calling. (What a
 //! caller's search_path can do is in search_path.rs.)
 
-use commitq_tests::{connect, sqlstate, TestDb};
+use commitq_tests::{connect, enqueue_claim_complete_as, sqlstate, TestDb};
 use tokio_postgres::Client;
 
 /// Who may call what. A function of the schema that is not listed here fails
@@ -358,24 +358,5 @@ async fn calling_every_function_as_every_role_matches_the_matrix() {
     // check: a producer's job is claimed and completed by a worker.
     let producer = connect(&db.url_as(&login("calls", "producer"))).await;
     let worker = connect(&db.url_as(&login("calls", "worker"))).await;
-    let id: i64 = producer
-        .query_one("SELECT job_id FROM commitq.enqueue('q', 'k', '{}')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let row = worker
-        .query_one(
-            "SELECT job_id, lease_token FROM commitq.claim('q', 'w', 1)",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), id);
-    worker
-        .execute(
-            "SELECT commitq.complete($1, $2)",
-            &[&id, &row.get::<_, i64>(1)],
-        )
-        .await
-        .unwrap();
+    enqueue_claim_complete_as(&producer, &worker).await;
 }
