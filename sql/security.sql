@@ -101,7 +101,7 @@ AS $$
     ) v(kind, privilege, object)
 $$;
 
--- Grant (grant_it) or revoke a kind of commitq privileges to a role inside
+-- Grant (p_grant) or revoke a kind of commitq privileges to a role inside
 -- this database only: function, schema and table privileges belong to a
 -- database, where role membership belongs to the cluster. Called by the
 -- SECURITY DEFINER grant_* and revoke_* functions, so it runs as commitq's
@@ -115,55 +115,55 @@ $$;
 -- takes back the kind's rows, then gives back the rows of every other kind
 -- the role still holds a function of (revoking producer from a role that
 -- is also a worker keeps the named-lease functions and schema they share).
-CREATE FUNCTION commitq._grant_in_database(target_role regrole, kind text, grant_it boolean)
+CREATE FUNCTION commitq._grant_in_database(p_role regrole, p_kind text, p_grant boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    caller text := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
-    target name;
-    p record;
-    k text;
+    v_caller text := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
+    v_target name;
+    v_priv record;
+    v_kind text;
 BEGIN
-    IF NOT pg_catalog.pg_has_role(caller,
+    IF NOT pg_catalog.pg_has_role(v_caller,
             (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()),
             'MEMBER') THEN
         RAISE EXCEPTION 'commitq: only the owner of database % or a superuser may grant or revoke commitq privileges in it',
             pg_catalog.current_database() USING ERRCODE = '42501';
     END IF;
-    IF kind IS NULL OR kind NOT IN ('producer', 'worker', 'operator') THEN
-        RAISE EXCEPTION 'commitq: unknown kind of privileges %', kind USING ERRCODE = 'CQ001';
+    IF p_kind IS NULL OR p_kind NOT IN ('producer', 'worker', 'operator') THEN
+        RAISE EXCEPTION 'commitq: unknown kind of privileges %', p_kind USING ERRCODE = 'CQ001';
     END IF;
-    SELECT r.rolname INTO target FROM pg_catalog.pg_roles r WHERE r.oid = target_role;
-    IF target IS NULL THEN
+    SELECT r.rolname INTO v_target FROM pg_catalog.pg_roles r WHERE r.oid = p_role;
+    IF v_target IS NULL THEN
         RAISE EXCEPTION 'commitq: role must not be NULL' USING ERRCODE = 'CQ001';
     END IF;
     -- Not the cluster roles (a revoke would take their install grants away),
     -- nor predefined roles, nor commitq's owner (who holds everything).
-    IF target IN ('commitq_producer', 'commitq_worker', 'commitq_operator') OR target LIKE 'pg\_%'
-       OR target_role = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'commitq') THEN
+    IF v_target IN ('commitq_producer', 'commitq_worker', 'commitq_operator') OR v_target LIKE 'pg\_%'
+       OR p_role = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'commitq') THEN
         RAISE EXCEPTION 'commitq: cannot grant or revoke commitq privileges to role %: it is commitq''s owner, '
-            'a commitq cluster role or a predefined role', target USING ERRCODE = 'CQ001';
+            'a commitq cluster role or a predefined role', v_target USING ERRCODE = 'CQ001';
     END IF;
 
-    FOR p IN SELECT * FROM commitq._role_privileges() r
-              WHERE r.kind = _grant_in_database.kind
-                 OR (_grant_in_database.kind = 'operator' AND r.kind IN ('producer', 'worker')) LOOP
-        EXECUTE pg_catalog.format(CASE WHEN grant_it THEN 'GRANT %s ON %s TO %I' ELSE 'REVOKE %s ON %s FROM %I' END,
-                                  p.privilege, p.object, target);
+    FOR v_priv IN SELECT * FROM commitq._role_privileges() r
+              WHERE r.kind = p_kind
+                 OR (p_kind = 'operator' AND r.kind IN ('producer', 'worker')) LOOP
+        EXECUTE pg_catalog.format(CASE WHEN p_grant THEN 'GRANT %s ON %s TO %I' ELSE 'REVOKE %s ON %s FROM %I' END,
+                                  v_priv.privilege, v_priv.object, v_target);
     END LOOP;
-    IF grant_it THEN
+    IF p_grant THEN
         RETURN;
     END IF;
-    FOREACH k IN ARRAY ARRAY['producer', 'worker', 'operator'] LOOP
-        CONTINUE WHEN k = _grant_in_database.kind;
+    FOREACH v_kind IN ARRAY ARRAY['producer', 'worker', 'operator'] LOOP
+        CONTINUE WHEN v_kind = p_kind;
         IF EXISTS (SELECT FROM commitq._role_privileges() r, pg_catalog.pg_proc f,
                           pg_catalog.aclexplode(f.proacl) a
-                    WHERE r.kind = k AND r.privilege = 'EXECUTE'
+                    WHERE r.kind = v_kind AND r.privilege = 'EXECUTE'
                       AND f.oid = pg_catalog.substr(r.object, 10)::regprocedure
-                      AND a.grantee = target_role AND a.privilege_type = 'EXECUTE') THEN
-            PERFORM commitq._grant_in_database(target_role, k, true);
+                      AND a.grantee = p_role AND a.privilege_type = 'EXECUTE') THEN
+            PERFORM commitq._grant_in_database(p_role, v_kind, true);
         END IF;
     END LOOP;
 END
