@@ -7,7 +7,10 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.0
 . "$(dirname "$0")/pg-env.sh"
-PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo make)
+# pgbouncer: the waiting claim is tested through it; chromium and its
+# driver: the web dashboard is tested in a real browser.
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo make
+          pgbouncer chromium chromium-driver)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
