@@ -87,6 +87,9 @@ BEGIN
         SELECT c.id, CASE WHEN NOT c.slot_held THEN c.concurrency_key END AS ck,
                c.priority, c.run_at FROM commitq.jobs c
          WHERE c.queue = claim.queue AND c.state = 'available'
+           -- A paused queue hands out nothing (pause.sql). Tested in this
+           -- statement, under the snapshot that picks the jobs.
+           AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = claim.queue)
          ORDER BY c.priority, c.run_at, c.id
          LIMIT claim.max_jobs
            FOR UPDATE SKIP LOCKED

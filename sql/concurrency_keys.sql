@@ -96,6 +96,8 @@ BEGIN
             SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS ck,
                    x.priority, x.run_at FROM commitq.jobs x
              WHERE x.queue = p_queue AND x.state = 'available' AND x.id <> ALL (v_skip)
+               -- Paused since the caller's pick (pause.sql): no more rounds.
+               AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = p_queue)
              ORDER BY x.priority, x.run_at, x.id
              LIMIT v_pick
                FOR UPDATE SKIP LOCKED
@@ -227,7 +229,9 @@ DECLARE
     v_queues text[];
 BEGIN
     WITH next AS (
-        SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue AS take
+        -- A job of a paused queue (pause.sql) is made available, not taken.
+        SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue
+                     AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = b.queue) AS take
           FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
           CROSS JOIN LATERAL (
                 SELECT x.id, x.queue FROM commitq.jobs x

@@ -10,18 +10,28 @@ RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_ids bigint[];
+    v_queues text[];
 BEGIN
-    RETURN QUERY
     WITH moved AS (
         DELETE FROM commitq.jobs WHERE id = ANY (p_ids) RETURNING *
+    ), ins AS (
+        INSERT INTO commitq.finished_jobs
+            (id, queue, kind, args, state, priority, run_at, attempt, max_attempts, lease_token,
+             worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, finished_at)
+        SELECT id, queue, kind, args, p_state, priority, run_at, attempt, max_attempts, lease_token,
+               worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, pg_catalog.now()
+          FROM moved
+        RETURNING id, queue
     )
-    INSERT INTO commitq.finished_jobs
-        (id, queue, kind, args, state, priority, run_at, attempt, max_attempts, lease_token,
-         worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, finished_at)
-    SELECT id, queue, kind, args, p_state, priority, run_at, attempt, max_attempts, lease_token,
-           worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, pg_catalog.now()
-      FROM moved
-    RETURNING id;
+    SELECT array_agg(ins.id), array_agg(ins.queue) INTO v_ids, v_queues FROM ins;
+    -- Discards and cancellations count here, whichever path finishes the
+    -- job; completions count in _complete_leased, kept or not.
+    IF p_state <> 'completed' AND v_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(v_queues, p_state::text);
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
 END
 $$;
 
@@ -69,6 +79,10 @@ BEGIN
                array_agg(gone.queue)
           INTO done, done_keys, done_queues
           FROM gone;
+    END IF;
+    -- Throughput counters (monitoring.sql): one statement per batch.
+    IF done_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(done_queues, 'completed');
     END IF;
     -- Only when some job had a key (_release_keys ignores the NULLs of the
     -- others): most completions skip the call.
@@ -250,6 +264,7 @@ BEGIN
            lease_expires_at = NULL
      WHERE id = j.id;
     PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
+    PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
     IF fail.state = 'available' THEN
         PERFORM commitq._wake(j.queue);
     END IF;

@@ -58,6 +58,7 @@ BEGIN
             UPDATE commitq.jobs
                SET state = 'scheduled', run_at = v_run_at, errors = v_errors, lease_expires_at = NULL
              WHERE id = j.id;
+            PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
             rescued := rescued + 1;
         END IF;
     END LOOP;
@@ -134,6 +135,9 @@ BEGIN
     -- A worker that stopped without claiming again stays registered as
     -- waiting; forget it after a while (it only costs needless NOTIFYs).
     DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';
+
+    -- Outcome counters past the monitoring views' hour (monitoring.sql).
+    PERFORM commitq._prune_counters(c.maintain_batch);
 
     scheduled := commitq._run_schedules(now());
 END

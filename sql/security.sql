@@ -1,10 +1,13 @@
 -- Roles and grants. Nothing is granted to PUBLIC: a role can use commitq
--- only through one of the three roles below, or through the same privileges
+-- only through one of the four roles below, or through the same privileges
 -- granted inside one database by commitq.grant_producer and friends.
 --
 --   commitq_producer  enqueue jobs
 --   commitq_worker    claim jobs and report on them (and run maintain)
---   commitq_operator  both of the above, cancel and retry, and read every table
+--   commitq_operator  both of the above, cancel and retry, pause and resume,
+--                     and read every table
+--   commitq_reader    read the monitoring views (sql/monitoring.sql), the
+--                     schedules and the engine's state; change nothing
 --
 -- The public functions are SECURITY DEFINER, so producers and workers need no
 -- rights on the tables themselves. Those in SQL and PL/pgSQL pin their
@@ -24,7 +27,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['commitq_producer', 'commitq_worker', 'commitq_operator'] LOOP
+    FOREACH r IN ARRAY ARRAY['commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader'] LOOP
         FOR attempt IN 1..5 LOOP
             EXIT WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
             BEGIN
@@ -91,13 +94,30 @@ AS $$
         -- Cron schedules (sql/schedule.sql).
         ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- Pausing queues (sql/pause.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.pause(text)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.resume(text)'),
         -- The engine's state (sql/engine.sql): the view calls the function
         -- with the reader's privileges.
         ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
         ('operator', 'SELECT', 'TABLE commitq.engine_status'),
         -- Operators read every table and change only the settings.
         ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
-        ('operator', 'UPDATE', 'TABLE commitq.config')
+        ('operator', 'UPDATE', 'TABLE commitq.config'),
+        -- Dashboards and exporters: the views and nothing else. The view
+        -- engine_status calls _engine_status with the reader's privileges.
+        -- (A revoke finds the kinds a role still holds by their functions:
+        -- _engine_status is the reader's.)
+        ('reader', 'USAGE', 'SCHEMA commitq'),
+        ('reader', 'USAGE', 'TYPE commitq.job_state'),
+        ('reader', 'SELECT', 'TABLE commitq.queue_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.throughput'),
+        ('reader', 'SELECT', 'TABLE commitq.job_list'),
+        ('reader', 'SELECT', 'TABLE commitq.concurrency_key_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
+        ('reader', 'SELECT', 'TABLE commitq.schedules'),
+        ('reader', 'SELECT', 'TABLE commitq.engine_status'),
+        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()')
     ) v(kind, privilege, object)
 $$;
 
@@ -132,7 +152,7 @@ BEGIN
         RAISE EXCEPTION 'commitq: only the owner of database % or a superuser may grant or revoke commitq privileges in it',
             pg_catalog.current_database() USING ERRCODE = '42501';
     END IF;
-    IF p_kind IS NULL OR p_kind NOT IN ('producer', 'worker', 'operator') THEN
+    IF p_kind IS NULL OR p_kind NOT IN ('producer', 'worker', 'operator', 'reader') THEN
         RAISE EXCEPTION 'commitq: unknown kind of privileges %', p_kind USING ERRCODE = 'CQ001';
     END IF;
     SELECT r.rolname INTO v_target FROM pg_catalog.pg_roles r WHERE r.oid = p_role;
@@ -141,7 +161,7 @@ BEGIN
     END IF;
     -- Not the cluster roles (a revoke would take their install grants away),
     -- nor predefined roles, nor commitq's owner (who holds everything).
-    IF v_target IN ('commitq_producer', 'commitq_worker', 'commitq_operator') OR v_target LIKE 'pg\_%'
+    IF v_target IN ('commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader') OR v_target LIKE 'pg\_%'
        OR p_role = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'commitq') THEN
         RAISE EXCEPTION 'commitq: cannot grant or revoke commitq privileges to role %: it is commitq''s owner, '
             'a commitq cluster role or a predefined role', v_target USING ERRCODE = 'CQ001';
@@ -156,7 +176,7 @@ BEGIN
     IF p_grant THEN
         RETURN;
     END IF;
-    FOREACH v_kind IN ARRAY ARRAY['producer', 'worker', 'operator'] LOOP
+    FOREACH v_kind IN ARRAY ARRAY['producer', 'worker', 'operator', 'reader'] LOOP
         CONTINUE WHEN v_kind = p_kind;
         IF EXISTS (SELECT FROM commitq._role_privileges() r, pg_catalog.pg_proc f,
                           pg_catalog.aclexplode(f.proacl) a
@@ -188,6 +208,11 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT commitq._grant_in_database(role, 'operator', true) $$;
 
+CREATE FUNCTION commitq.grant_reader(role regrole) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT commitq._grant_in_database(role, 'reader', true) $$;
+
 CREATE FUNCTION commitq.revoke_producer(role regrole) RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -202,6 +227,11 @@ CREATE FUNCTION commitq.revoke_operator(role regrole) RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT commitq._grant_in_database(role, 'operator', false) $$;
+
+CREATE FUNCTION commitq.revoke_reader(role regrole) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT commitq._grant_in_database(role, 'reader', false) $$;
 
 REVOKE ALL ON SCHEMA commitq FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA commitq FROM PUBLIC;
@@ -221,7 +251,7 @@ BEGIN
 END
 $$;
 
--- The three roles get the privileges commitq._role_privileges lists.
+-- The four roles get the privileges commitq._role_privileges lists.
 DO $$
 DECLARE
     p record;
@@ -247,6 +277,7 @@ BEGIN
     EXECUTE pg_catalog.format(
         'GRANT EXECUTE ON FUNCTION commitq.grant_producer(regrole), commitq.grant_worker(regrole),
              commitq.grant_operator(regrole), commitq.revoke_producer(regrole),
-             commitq.revoke_worker(regrole), commitq.revoke_operator(regrole) TO %s', grantee);
+             commitq.revoke_worker(regrole), commitq.revoke_operator(regrole),
+             commitq.grant_reader(regrole), commitq.revoke_reader(regrole) TO %s', grantee);
 END
 $$;

@@ -678,3 +678,1043 @@ REVOKE ALL ON commitq.engine_status FROM PUBLIC;
 REVOKE ALL ON TYPE commitq.engine_status FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION commitq._engine_status() TO commitq_operator;
 GRANT SELECT ON commitq.engine_status TO commitq_operator;
+
+-- ===== 0.2.0: monitoring views, outcome counters, pause/resume, the reader role (sql/monitoring.sql, sql/pause.sql) =====
+
+-- The reader role, beside the other three (sql/security.sql).
+DO $$
+BEGIN
+    FOR attempt IN 1..5 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'commitq_reader');
+        BEGIN
+            CREATE ROLE commitq_reader NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
+
+-- sql/pause.sql
+-- Pausing a queue: an operator stops a queue from handing out jobs (a bad
+-- deploy, a downstream outage) without stopping its producers or its
+-- workers. While a queue is paused:
+--   * every claim path hands out nothing for it: commitq.claim (and so
+--     complete_and_claim and the keyed claim it calls), and the take path of
+--     complete_and_take, which then makes the next job of a key available
+--     instead of taking it;
+--   * enqueues go on as usual, and so do maintain's promotions;
+--   * running jobs are untouched: they complete, fail, snooze and heartbeat.
+--
+-- The guarantee, at READ COMMITTED (the default, and what the clients use):
+-- once pause() has committed, a claim that starts afterwards hands out no
+-- job of the queue. pause() waits for nothing; a claim already past its
+-- check when pause() commits may still hand out the jobs it picked. In a
+-- REPEATABLE READ or SERIALIZABLE transaction "starts" means the
+-- transaction's snapshot. tests/isolation/specs/pause-queue.spec holds both
+-- halves.
+
+-- One row per paused queue. Claims look the queue up here: a primary-key
+-- probe of a table that is empty or nearly so.
+CREATE TABLE commitq.paused_queues (
+    queue      text PRIMARY KEY,
+    paused_at  timestamptz NOT NULL DEFAULT now(),
+    -- The role that paused it, for the dashboard and the audit trail.
+    paused_by  text NOT NULL DEFAULT session_user
+);
+
+SELECT pg_catalog.pg_extension_config_dump('commitq.paused_queues', '');
+
+-- Stop handing out jobs of a queue. Returns true if the queue was running,
+-- false if it was already paused (the call then changes nothing).
+CREATE FUNCTION commitq.pause(queue text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_new boolean;
+BEGIN
+    PERFORM commitq._check(commitq._queue_problem(pause.queue));
+    -- session_user, not current_user: inside SECURITY DEFINER current_user
+    -- is commitq's owner.
+    INSERT INTO commitq.paused_queues AS p (queue, paused_by)
+    VALUES (pause.queue, session_user)
+    ON CONFLICT (queue) DO NOTHING
+    RETURNING true INTO v_new;
+    RETURN coalesce(v_new, false);
+END
+$$;
+
+-- Hand out jobs of a paused queue again, and wake its waiting workers.
+-- Returns true if the queue was paused, false if it was not.
+CREATE FUNCTION commitq.resume(queue text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM commitq._check(commitq._queue_problem(resume.queue));
+    DELETE FROM commitq.paused_queues p WHERE p.queue = resume.queue;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Workers whose claims came back empty while paused wait for a NOTIFY.
+    PERFORM commitq._wake(resume.queue);
+    RETURN true;
+END
+$$;
+
+-- sql/monitoring.sql
+-- Monitoring: views that any dashboard, exporter or psql session can read
+-- (the role commitq_reader may read them and nothing else), and the outcome
+-- counters behind the throughput figures.
+--
+-- Completed jobs are deleted at completion (unless keep_completed), so how
+-- many completed per minute cannot be counted from the tables afterwards:
+-- the finishing statements count outcomes into commitq.queue_counters.
+-- The counts by state come from the partial indexes of commitq.jobs, never
+-- from a scan of the whole table (docs/operations.md has the plans and
+-- timings on 1,000,000 jobs).
+
+-- Outcomes per queue and clock minute. Each row is split over a few
+-- buckets, picked by the writer's backend pid: a row is locked from the
+-- counting statement to the commit, and one row per queue and minute would
+-- make the completions of all workers of a queue commit one after another.
+-- Written once per completion batch (_complete_leased), per failed attempt
+-- (fail, lease rescue) and per discarded or cancelled job
+-- (_move_to_finished); pruned by maintain() after two hours.
+--   completed  jobs completed
+--   failed     failed attempts whose job will run again (fail() with
+--              attempts left, a lease that expired with attempts left)
+--   discarded  jobs discarded (attempts used up, or failed permanently)
+--   cancelled  jobs cancelled (by an operator, or gated on a transaction
+--              that aborted)
+CREATE TABLE commitq.queue_counters (
+    queue      text NOT NULL,
+    minute     timestamptz NOT NULL,
+    bucket     smallint NOT NULL,
+    completed  bigint NOT NULL DEFAULT 0,
+    failed     bigint NOT NULL DEFAULT 0,
+    discarded  bigint NOT NULL DEFAULT 0,
+    cancelled  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, minute, bucket)
+) WITH (
+    -- Every completion batch rewrites a row: room on the page keeps the
+    -- updates HOT (no indexed column changes).
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- The views' time windows and maintain's pruning.
+CREATE INDEX queue_counters_minute_idx ON commitq.queue_counters (minute);
+
+-- Count jobs of p_queues (one element per job) as p_outcome ('completed',
+-- 'failed', 'discarded' or 'cancelled') in this minute. Rows are written in
+-- queue order, so two batches of several queues cannot deadlock.
+CREATE FUNCTION commitq._count_outcome(p_queues text[], p_outcome text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO commitq.queue_counters AS c (queue, minute, bucket, completed, failed, discarded, cancelled)
+    SELECT q, date_trunc('minute', now()), (pg_backend_pid() % 8)::smallint,
+           count(*) FILTER (WHERE p_outcome = 'completed'),
+           count(*) FILTER (WHERE p_outcome = 'failed'),
+           count(*) FILTER (WHERE p_outcome = 'discarded'),
+           count(*) FILTER (WHERE p_outcome = 'cancelled')
+      FROM unnest(p_queues) q
+     WHERE q IS NOT NULL
+     GROUP BY q
+     ORDER BY q
+    ON CONFLICT (queue, minute, bucket) DO UPDATE
+       SET completed = c.completed + excluded.completed,
+           failed = c.failed + excluded.failed,
+           discarded = c.discarded + excluded.discarded,
+           cancelled = c.cancelled + excluded.cancelled;
+END
+$$;
+
+-- maintain()'s part: forget counters older than two hours (the views show
+-- one), at most p_batch rows a call. Returns how many it deleted.
+CREATE FUNCTION commitq._prune_counters(p_batch integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pruned bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM commitq.queue_counters c
+         WHERE (c.queue, c.minute, c.bucket) IN (
+                SELECT o.queue, o.minute, o.bucket FROM commitq.queue_counters o
+                 WHERE o.minute < now() - interval '2 hours'
+                 ORDER BY o.minute
+                 LIMIT p_batch
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_pruned FROM gone;
+    RETURN v_pruned;
+END
+$$;
+
+-- One row per queue that has live jobs, outcomes in the last hour, or a
+-- pause. Counts by state are exact; each comes from the partial index of
+-- its state (available: an index-only scan of jobs_claim_idx), so the cost
+-- follows the number of jobs in those states, never the whole table.
+--   latency_seconds  how long the oldest available job has been due (0 when
+--                    none is available): how far behind the workers are
+--   *_last_minute    the last complete clock minute
+--   *_last_hour      the current clock minute and the 59 before it
+CREATE VIEW commitq.queue_stats AS
+WITH available AS (
+    SELECT a.queue, count(*) AS n, min(a.run_at) AS oldest
+      FROM commitq.jobs a WHERE a.state = 'available' GROUP BY a.queue
+), waiting AS (
+    -- One arm per state, so that each arm can use its state's partial index.
+    SELECT s.queue, count(*) FILTER (WHERE s.st = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE s.st = 'running') AS running,
+           count(*) FILTER (WHERE s.st = 'blocked') AS blocked
+      FROM (SELECT j.queue, 'scheduled' AS st FROM commitq.jobs j WHERE j.state = 'scheduled'
+            UNION ALL
+            SELECT j.queue, 'running' FROM commitq.jobs j WHERE j.state = 'running'
+            UNION ALL
+            SELECT j.queue, 'blocked' FROM commitq.jobs j WHERE j.state = 'blocked') s
+     GROUP BY s.queue
+), outcomes AS (
+    SELECT c.queue,
+           sum(c.completed) FILTER (WHERE c.minute = date_trunc('minute', now()) - interval '1 minute') AS completed_last_minute,
+           sum(c.completed) AS completed_last_hour,
+           sum(c.failed) AS failed_last_hour,
+           sum(c.discarded) AS discarded_last_hour,
+           sum(c.cancelled) AS cancelled_last_hour
+      FROM commitq.queue_counters c
+     WHERE c.minute >= date_trunc('minute', now()) - interval '59 minutes'
+     GROUP BY c.queue
+), queues AS (
+    SELECT available.queue FROM available
+    UNION SELECT waiting.queue FROM waiting
+    UNION SELECT outcomes.queue FROM outcomes
+    UNION SELECT p.queue FROM commitq.paused_queues p
+)
+SELECT q.queue,
+       p.queue IS NOT NULL AS paused,
+       coalesce(a.n, 0) AS available,
+       coalesce(w.scheduled, 0) AS scheduled,
+       coalesce(w.running, 0) AS running,
+       coalesce(w.blocked, 0) AS blocked,
+       coalesce(greatest(extract(epoch FROM now() - a.oldest), 0), 0)::double precision AS latency_seconds,
+       coalesce(o.completed_last_minute, 0)::bigint AS completed_last_minute,
+       coalesce(o.completed_last_hour, 0)::bigint AS completed_last_hour,
+       coalesce(o.failed_last_hour, 0)::bigint AS failed_last_hour,
+       coalesce(o.discarded_last_hour, 0)::bigint AS discarded_last_hour,
+       coalesce(o.cancelled_last_hour, 0)::bigint AS cancelled_last_hour
+  FROM queues q
+  LEFT JOIN available a ON a.queue = q.queue
+  LEFT JOIN waiting w ON w.queue = q.queue
+  LEFT JOIN outcomes o ON o.queue = q.queue
+  LEFT JOIN commitq.paused_queues p ON p.queue = q.queue;
+
+-- Outcomes per queue and minute, for the last 60 clock minutes (the current
+-- one included, so far); minutes without any outcome have no row.
+CREATE VIEW commitq.throughput AS
+SELECT c.queue, c.minute,
+       sum(c.completed)::bigint AS completed,
+       sum(c.failed)::bigint AS failed,
+       sum(c.discarded)::bigint AS discarded,
+       sum(c.cancelled)::bigint AS cancelled
+  FROM commitq.queue_counters c
+ WHERE c.minute >= date_trunc('minute', now()) - interval '59 minutes'
+ GROUP BY c.queue, c.minute;
+
+-- Every job, live and finished, with what both tables hold. Filter on
+-- state, queue, kind or id and page by id: the conditions reach both arms,
+-- and `ORDER BY id DESC LIMIT n` merges two index scans, e.g.
+--   SELECT * FROM commitq.job_list WHERE state = 'discarded' AND id < $last
+--    ORDER BY id DESC LIMIT 50;
+-- lease_expires_at is NULL for finished jobs, finished_at for live ones.
+CREATE VIEW commitq.job_list AS
+SELECT j.id, j.queue, j.kind, j.args, j.state, j.priority, j.run_at, j.attempt, j.max_attempts,
+       j.worker, j.concurrency_key, j.idempotency_key, j.errors, j.enqueued_at, j.claimed_at,
+       j.lease_expires_at, NULL::timestamptz AS finished_at, j.lease_token, j.cancel_requested
+  FROM commitq.jobs j
+UNION ALL
+SELECT f.id, f.queue, f.kind, f.args, f.state, f.priority, f.run_at, f.attempt, f.max_attempts,
+       f.worker, f.concurrency_key, f.idempotency_key, f.errors, f.enqueued_at, f.claimed_at,
+       NULL::timestamptz, f.finished_at, f.lease_token, false
+  FROM commitq.finished_jobs f;
+
+-- Concurrency keys in use (a key's row lives from its first claim until
+-- maintain() finds it idle): slots in use, jobs waiting for one, the limit.
+CREATE VIEW commitq.concurrency_key_stats AS
+SELECT k.key, k.running, k.blocked, k.max_running, k.running >= k.max_running AS at_limit
+  FROM commitq.concurrency_keys k;
+
+-- Named leases (named_lease.sql) and who holds them. A lease past its
+-- expiry is free for the next acquirer but keeps its row until then:
+-- `held` says whether it is still in force.
+CREATE VIEW commitq.named_lease_holders AS
+SELECT l.name, l.owner, l.token, l.expires_at, l.expires_at > clock_timestamp() AS held
+  FROM commitq.named_leases l;
+
+-- The paused check on every claim path (sql/claim.sql, sql/concurrency_keys.sql).
+CREATE OR REPLACE FUNCTION commitq.claim(
+    queue text,
+    worker text,
+    max_jobs integer DEFAULT 1,
+    lease interval DEFAULT '5 minutes')
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Plan once per session: the default re-plans these statements on every
+-- call for a while, which cost more than running them (measured: claim of 4
+-- jobs 0.48 ms -> 0.30 ms).
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_claimed commitq.claimed_job[];
+    v_picked integer;
+    v_keyed_ids bigint[];
+    v_keyed_keys text[];
+    v_got integer := 0;
+    v_keyed integer;
+BEGIN
+    PERFORM commitq._check(coalesce(
+        commitq._queue_problem(claim.queue),
+        commitq._worker_lease_problem(claim.worker, claim.lease),
+        CASE WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
+            THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))
+        END));
+
+    -- Scheduled jobs that have come due become available. SKIP LOCKED: a row
+    -- another claimer is promoting right now is theirs to promote.
+    UPDATE commitq.jobs j
+       SET state = 'available'
+     WHERE j.id IN (SELECT s.id FROM commitq.jobs s
+                     WHERE s.state = 'scheduled' AND s.run_at <= now() AND s.queue = claim.queue
+                       AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                     ORDER BY s.run_at
+                     LIMIT 1000
+                       FOR UPDATE SKIP LOCKED);
+
+    -- One statement claims the jobs without a concurrency key among the
+    -- next max_jobs in claim order. Keyed ones among them stay locked by us
+    -- and go to _claim_keyed (concurrency_keys.sql), which also needs a slot of
+    -- their key.
+    WITH picked AS (
+        -- A job handed its key's slot already holds it: it is claimed like
+        -- a job without a key.
+        SELECT c.id, CASE WHEN NOT c.slot_held THEN c.concurrency_key END AS ck,
+               c.priority, c.run_at FROM commitq.jobs c
+         WHERE c.queue = claim.queue AND c.state = 'available'
+           -- A paused queue hands out nothing (pause.sql). Tested in this
+           -- statement, under the snapshot that picks the jobs.
+           AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = claim.queue)
+         ORDER BY c.priority, c.run_at, c.id
+         LIMIT claim.max_jobs
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        -- The same SET list is written out in _claim_keyed and in
+        -- _promote_blocked's take path (concurrency_keys.sql); a test
+        -- (every_claim_path_writes_the_same_bookkeeping) checks they agree.
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + claim.lease,
+               lease_interval = claim.lease,
+               worker = claim.worker,
+               claimed_at = now(),
+               slot_held = false
+         -- `= ANY (ARRAY(...))`: an index lookup in any plan, where a join
+         -- could be planned as a scan of the whole table (the plan is made
+         -- once, not knowing how many jobs a call wants).
+         WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked WHERE picked.ck IS NULL))
+        RETURNING commitq._claimed_row(j) AS r
+    )
+    SELECT (SELECT array_agg(claimed.r) FROM claimed),
+           (SELECT count(*) FROM picked),
+           (SELECT array_agg(picked.id ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked WHERE picked.ck IS NOT NULL),
+           (SELECT array_agg(picked.ck ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked WHERE picked.ck IS NOT NULL)
+      INTO v_claimed, v_picked, v_keyed_ids, v_keyed_keys;
+
+    IF v_claimed IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM unnest(v_claimed);
+        v_got := cardinality(v_claimed);
+    END IF;
+    IF v_keyed_ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM commitq._claim_keyed(
+            claim.queue, claim.worker, claim.lease, v_keyed_ids, v_keyed_keys,
+            -- room left in the batch, and whether the queue may hold more
+            claim.max_jobs - v_got, v_picked = claim.max_jobs);
+        GET DIAGNOSTICS v_keyed = ROW_COUNT;
+        v_got := v_got + v_keyed;
+    END IF;
+
+    -- A claim that found nothing registers the worker as waiting, so that
+    -- enqueues to this queue send it a NOTIFY; one that found work clears it.
+    IF v_got > 0 THEN
+        DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
+    ELSE
+        INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
+        ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq._claim_keyed(
+    p_queue text, p_worker text, p_lease interval,
+    p_ids bigint[], p_keys text[], p_want integer, p_more boolean)
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_ids bigint[] := p_ids;
+    v_keys text[] := p_keys;
+    -- Jobs of ours that a pick must not return: the caller's, until round 1
+    -- has them, then those of keys busy elsewhere (v_passed).
+    v_skip bigint[] := p_ids;
+    v_passed bigint[] := '{}';
+    -- Jobs to pick from the queue this round: round 1 has the caller's.
+    v_pick integer := CASE WHEN p_more THEN p_want / 4 ELSE 0 END;
+    v_picked integer;
+    v_claimed commitq.claimed_job[];
+    v_left_ids bigint[];
+    v_left_keys text[];
+    v_missing text[];
+    v_created text[];
+BEGIN
+    FOR round IN 1..4 LOOP
+        WITH picked AS (
+            -- A job handed its key's slot goes as one without a key (see commitq.claim).
+            SELECT x.id, CASE WHEN NOT x.slot_held THEN x.concurrency_key END AS ck,
+                   x.priority, x.run_at FROM commitq.jobs x
+             WHERE x.queue = p_queue AND x.state = 'available' AND x.id <> ALL (v_skip)
+               -- Paused since the caller's pick (pause.sql): no more rounds.
+               AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = p_queue)
+             ORDER BY x.priority, x.run_at, x.id
+             LIMIT v_pick
+               FOR UPDATE SKIP LOCKED
+        ), cand AS (
+            SELECT t.id, t.ck, t.ord FROM unnest(v_ids, v_keys) WITH ORDINALITY AS t(id, ck, ord)
+            UNION ALL
+            SELECT picked.id, picked.ck,
+                   coalesce(cardinality(v_ids), 0)
+                   + row_number() OVER (ORDER BY picked.priority, picked.run_at, picked.id)
+              FROM picked
+        ), keys AS (
+            SELECT k.key, k.max_running - k.running AS free
+              FROM commitq.concurrency_keys k
+             -- `= ANY (ARRAY(...))` here and below: an index lookup in any
+             -- plan (see commitq.claim).
+             WHERE k.key = ANY (ARRAY(SELECT cand.ck FROM cand WHERE cand.ck IS NOT NULL))
+               FOR UPDATE SKIP LOCKED
+        ), ranked AS (
+            SELECT cand.id, cand.ck, cand.ord,
+                   row_number() OVER (PARTITION BY cand.ck ORDER BY cand.ord) <= keys.free AS fits
+              FROM cand JOIN keys ON keys.key = cand.ck
+        ), chosen AS (
+            -- The first p_want candidates that may run now, in claim order.
+            SELECT e.id, e.ck FROM (
+                    SELECT cand.id, NULL::text AS ck, cand.ord FROM cand WHERE cand.ck IS NULL
+                    UNION ALL
+                    SELECT ranked.id, ranked.ck, ranked.ord FROM ranked WHERE ranked.fits) e
+             ORDER BY e.ord
+             LIMIT p_want
+        ), per_key AS (
+            -- Counted once per key: a count per key row, as a subquery in
+            -- SET, would scan the whole batch for every key.
+            SELECT s.ck, count(*) FILTER (WHERE s.runs) AS run, count(*) FILTER (WHERE NOT s.runs) AS park
+              FROM (SELECT chosen.ck, true AS runs FROM chosen WHERE chosen.ck IS NOT NULL
+                    UNION ALL
+                    SELECT ranked.ck, false FROM ranked WHERE NOT ranked.fits) s
+             GROUP BY s.ck
+        ), counted AS (
+            UPDATE commitq.concurrency_keys k
+               SET running = k.running + per_key.run,
+                   blocked = k.blocked + per_key.park
+              FROM per_key
+             WHERE k.key = ANY (ARRAY(SELECT per_key.ck FROM per_key))
+               AND k.key = per_key.ck
+        ), parked AS (
+            UPDATE commitq.jobs j SET state = 'blocked'
+             WHERE j.id = ANY (ARRAY(SELECT ranked.id FROM ranked WHERE NOT ranked.fits))
+        ), claimed AS (
+            UPDATE commitq.jobs j
+               SET state = 'running',
+                   attempt = j.attempt + 1,
+                   lease_token = j.lease_token + 1,
+                   lease_expires_at = now() + p_lease,
+                   lease_interval = p_lease,
+                   worker = p_worker,
+                   claimed_at = now(),
+                   slot_held = false
+             WHERE j.id = ANY (ARRAY(SELECT chosen.id FROM chosen))
+            RETURNING commitq._claimed_row(j) AS r
+        ), left_over AS (
+            -- Keyed candidates whose key row was busy, or missing.
+            SELECT cand.id, cand.ck, cand.ord FROM cand
+             WHERE cand.ck IS NOT NULL AND cand.id <> ALL (ARRAY(SELECT ranked.id FROM ranked))
+        )
+        SELECT (SELECT array_agg(claimed.r) FROM claimed),
+               (SELECT count(*) FROM picked),
+               (SELECT array_agg(left_over.id ORDER BY left_over.ord) FROM left_over),
+               (SELECT array_agg(left_over.ck ORDER BY left_over.ord) FROM left_over)
+          INTO v_claimed, v_picked, v_left_ids, v_left_keys;
+
+        IF v_claimed IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM unnest(v_claimed);
+            p_want := p_want - cardinality(v_claimed);
+        END IF;
+        EXIT WHEN p_want <= 0;
+        IF v_pick > 0 THEN
+            p_more := v_picked = v_pick;
+        END IF;
+
+        -- First claim of a key: create its row; the next round picks its
+        -- jobs again (they stay locked by us meanwhile). Jobs of keys busy
+        -- elsewhere are passed over until we commit.
+        v_created := NULL;
+        IF v_left_keys IS NOT NULL THEN
+            SELECT array_agg(DISTINCT k) INTO v_missing FROM unnest(v_left_keys) k
+             WHERE k <> ALL (ARRAY(SELECT c.key FROM commitq.concurrency_keys c
+                                    WHERE c.key = ANY (v_left_keys)));
+            IF v_missing IS NOT NULL THEN
+                v_created := commitq._create_keys(v_missing);
+            END IF;
+            v_passed := v_passed || coalesce(
+                (SELECT array_agg(t.id) FROM unnest(v_left_ids, v_left_keys) AS t(id, ck)
+                  WHERE t.ck <> ALL (coalesce(v_created, '{}'))), '{}');
+        END IF;
+        -- More of the queue only when it may hold more: the next jobs in
+        -- claim order, keyed or not, and the margin again.
+        EXIT WHEN v_created IS NULL AND NOT p_more;
+        v_ids := NULL;
+        v_keys := NULL;
+        v_skip := v_passed;
+        v_pick := p_want + p_want / 4;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq._promote_blocked(
+    p_keys text[], p_counts integer[],
+    p_take_queues text[] DEFAULT NULL, p_worker text DEFAULT NULL, p_lease interval DEFAULT NULL,
+    OUT promoted integer, OUT taken commitq.claimed_job[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_queues text[];
+BEGIN
+    WITH next AS (
+        -- A job of a paused queue (pause.sql) is made available, not taken.
+        SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue
+                     AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = b.queue) AS take
+          FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
+          CROSS JOIN LATERAL (
+                SELECT x.id, x.queue FROM commitq.jobs x
+                 WHERE x.concurrency_key = f.key AND x.state = 'blocked'
+                 ORDER BY x.priority, x.run_at, x.id
+                 LIMIT greatest(f.n, 0)) b
+    ), handed AS (
+        -- A blocked job an operator is cancelling right now is waited for,
+        -- and skipped if it is gone. The state test is a CASE so that the
+        -- plan looks the jobs up by primary key, never by a scan of
+        -- jobs_blocked_idx (see _locked_lease).
+        UPDATE commitq.jobs j SET state = 'available', slot_held = true
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE NOT next.take))
+           AND CASE WHEN j.state = 'blocked' THEN true END
+        RETURNING j.queue, j.concurrency_key
+    ), claimed AS (
+        -- The same claim as commitq.claim's, for the jobs taken.
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + p_lease,
+               lease_interval = p_lease,
+               worker = p_worker,
+               claimed_at = now(),
+               slot_held = false
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE next.take))
+           AND CASE WHEN j.state = 'blocked' THEN true END
+        RETURNING j.concurrency_key, commitq._claimed_row(j) AS r
+    ), per_key AS (
+        SELECT s.key, count(*) AS n
+          FROM (SELECT handed.concurrency_key AS key FROM handed
+                UNION ALL
+                SELECT claimed.concurrency_key FROM claimed) s
+         GROUP BY s.key
+    ), counted AS (
+        UPDATE commitq.concurrency_keys c
+           SET blocked = c.blocked - per_key.n,
+               running = c.running + per_key.n
+          FROM per_key
+         WHERE c.key = ANY (ARRAY(SELECT per_key.key FROM per_key))
+           AND c.key = per_key.key
+    )
+    SELECT (SELECT array_agg(DISTINCT handed.queue) FROM handed),
+           (SELECT count(*) FROM handed) + (SELECT count(*) FROM claimed),
+           (SELECT array_agg(claimed.r ORDER BY (claimed.r).priority, (claimed.r).run_at, (claimed.r).job_id)
+              FROM claimed)
+      INTO v_queues, promoted, taken;
+    IF v_queues IS NOT NULL THEN
+        PERFORM commitq._wake(q) FROM unnest(v_queues) q;
+    END IF;
+END
+$$;
+
+-- Outcome counters (sql/finish.sql, sql/maintain.sql).
+CREATE OR REPLACE FUNCTION commitq._move_to_finished(p_ids bigint[], p_state commitq.job_state)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids bigint[];
+    v_queues text[];
+BEGIN
+    WITH moved AS (
+        DELETE FROM commitq.jobs WHERE id = ANY (p_ids) RETURNING *
+    ), ins AS (
+        INSERT INTO commitq.finished_jobs
+            (id, queue, kind, args, state, priority, run_at, attempt, max_attempts, lease_token,
+             worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, finished_at)
+        SELECT id, queue, kind, args, p_state, priority, run_at, attempt, max_attempts, lease_token,
+               worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, pg_catalog.now()
+          FROM moved
+        RETURNING id, queue
+    )
+    SELECT array_agg(ins.id), array_agg(ins.queue) INTO v_ids, v_queues FROM ins;
+    -- Discards and cancellations count here, whichever path finishes the
+    -- job; completions count in _complete_leased, kept or not.
+    IF p_state <> 'completed' AND v_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(v_queues, p_state::text);
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq._complete_leased(
+    p_ids bigint[], p_tokens bigint[], p_worker text DEFAULT NULL, p_lease interval DEFAULT NULL,
+    OUT done bigint[], OUT done_keys text[], OUT done_queues text[],
+    OUT taken commitq.claimed_job[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT c.keep_completed FROM commitq.config c) THEN
+        -- Lock in id order so that two overlapping batches cannot deadlock.
+        SELECT coalesce(array_agg(l.id), '{}'), array_agg(l.concurrency_key), array_agg(l.queue)
+          INTO done, done_keys, done_queues
+          FROM (SELECT j.id, j.concurrency_key, j.queue
+                  FROM commitq.jobs j
+                 WHERE j.id = ANY (p_ids)
+                   AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+                   -- CASE: looked up by primary key (see _locked_lease)
+                   AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
+                 ORDER BY j.id
+                   FOR UPDATE OF j) l;
+        PERFORM commitq._move_to_finished(done, 'completed');
+    ELSE
+        -- One statement: the lease check and the delete. `id = ANY` and the
+        -- lease test as a CASE, so the plan looks the batch up by primary key
+        -- whatever the statistics say about running jobs (see _locked_lease).
+        WITH gone AS (
+            DELETE FROM commitq.jobs j
+             WHERE j.id = ANY (p_ids)
+               AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+               AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
+            RETURNING j.id, j.concurrency_key, j.queue
+        )
+        SELECT coalesce(array_agg(gone.id), '{}'), array_agg(gone.concurrency_key),
+               array_agg(gone.queue)
+          INTO done, done_keys, done_queues
+          FROM gone;
+    END IF;
+    -- Throughput counters (monitoring.sql): one statement per batch.
+    IF done_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(done_queues, 'completed');
+    END IF;
+    -- Only when some job had a key (_release_keys ignores the NULLs of the
+    -- others): most completions skip the call.
+    IF array_remove(done_keys, NULL) <> '{}' THEN
+        taken := commitq._release_keys(done_keys, done_queues, p_worker, p_lease);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq.fail(
+    job_id bigint,
+    lease_token bigint,
+    error text,
+    retry_in interval DEFAULT NULL,
+    discard boolean DEFAULT false,
+    OUT state commitq.job_state,
+    OUT run_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+    v_errors jsonb;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN fail.error IS NULL THEN 'error must not be NULL'
+        WHEN fail.discard IS NULL THEN 'discard must not be NULL'
+        WHEN fail.retry_in < interval '0' OR NOT isfinite(now() + fail.retry_in)
+            THEN 'retry_in must be a finite interval >= 0' END);
+    j := commitq._locked_lease(fail.job_id, fail.lease_token);
+    v_errors := commitq._push_error(j.errors, j.attempt, j.worker, fail.error);
+
+    IF fail.discard OR j.cancel_requested OR j.attempt >= j.max_attempts THEN
+        fail.state := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+        fail.run_at := j.run_at;
+        UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], fail.state);
+        PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
+        RETURN;
+    END IF;
+
+    fail.run_at := now() + coalesce(fail.retry_in, commitq._backoff(j.attempt));
+    fail.state := CASE WHEN fail.run_at <= now() THEN 'available' ELSE 'scheduled' END;
+    UPDATE commitq.jobs
+       SET state = fail.state, run_at = fail.run_at, errors = v_errors,
+           lease_expires_at = NULL
+     WHERE id = j.id;
+    PERFORM commitq._release_keys(ARRAY[j.concurrency_key]);
+    PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
+    IF fail.state = 'available' THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq.maintain(
+    OUT rescued bigint,
+    OUT discarded bigint,
+    OUT promoted bigint,
+    OUT pruned_jobs bigint,
+    OUT pruned_keys bigint,
+    OUT unblocked bigint,
+    OUT pruned_concurrency_keys bigint,
+    OUT scheduled bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c commitq.config;
+    j commitq.jobs;
+    v_errors jsonb;
+    v_final commitq.job_state;
+    v_run_at timestamptz;
+    v_woken bigint;
+    v_released text[] := '{}';
+BEGIN
+    SELECT * INTO c FROM commitq.config;
+    rescued := 0;
+    discarded := 0;
+
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'running' AND x.lease_expires_at < clock_timestamp()
+         ORDER BY x.lease_expires_at
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_released := v_released || j.concurrency_key;
+        v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
+            format('lease expired at %s: worker %s stopped without completing or failing the job',
+                   j.lease_expires_at, j.worker));
+        IF j.cancel_requested OR j.attempt >= j.max_attempts THEN
+            v_final := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+            UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+            PERFORM commitq._move_to_finished(ARRAY[j.id], v_final);
+            discarded := discarded + 1;
+        ELSE
+            v_run_at := now() + commitq._backoff(j.attempt);
+            UPDATE commitq.jobs
+               SET state = 'scheduled', run_at = v_run_at, errors = v_errors, lease_expires_at = NULL
+             WHERE id = j.id;
+            PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
+            rescued := rescued + 1;
+        END IF;
+    END LOOP;
+    -- The slots of the rescued jobs' keys: their workers lost them with
+    -- their leases.
+    PERFORM commitq._release_keys(v_released);
+
+    -- Jobs gated on a transaction that aborted never run. A status of NULL
+    -- means the transaction is too old for Postgres to remember (its commit
+    -- log was truncated, after about two billion transactions): its job is
+    -- cancelled too, with the reason in its errors, for an operator to retry.
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'scheduled' AND x.after_xact IS NOT NULL
+           AND coalesce(pg_xact_status(x.after_xact), 'unknown') IN ('aborted', 'unknown')
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE commitq.jobs SET errors = commitq._push_error(j.errors, j.attempt, NULL,
+                   format('gating transaction %s %s', j.after_xact,
+                          coalesce(pg_xact_status(j.after_xact), 'is too old to know')))
+         WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        discarded := discarded + 1;
+    END LOOP;
+
+    WITH due AS (
+        UPDATE commitq.jobs u SET state = 'available'
+         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
+                         WHERE s.state = 'scheduled' AND s.run_at <= now()
+                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                         ORDER BY s.run_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING u.queue
+    ), woken AS (
+        SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
+    )
+    SELECT (SELECT count(*) FROM due), (SELECT count(*) FROM woken) INTO promoted, v_woken;
+
+    WITH gone AS (
+        DELETE FROM commitq.finished_jobs f
+         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
+                         WHERE o.finished_at < now() - c.finished_retention
+                         ORDER BY o.finished_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_jobs FROM gone;
+
+    WITH gone AS (
+        DELETE FROM commitq.idempotency_keys k
+         WHERE (k.queue, k.key) IN (
+                SELECT o.queue, o.key FROM commitq.idempotency_keys o
+                 WHERE o.created_at < now() - c.idempotency_window
+                   AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+                 ORDER BY o.created_at
+                 LIMIT c.maintain_batch
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_keys FROM gone;
+
+    SELECT k.promoted, k.pruned INTO unblocked, pruned_concurrency_keys
+      FROM commitq._maintain_keys(c.maintain_batch) k;
+
+    -- Effects of jobs that are gone (completed and deleted, or pruned).
+    DELETE FROM commitq.job_effects e
+     WHERE e.created_at < now() - c.finished_retention
+       AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = e.job_id)
+       AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = e.job_id);
+
+    -- A worker that stopped without claiming again stays registered as
+    -- waiting; forget it after a while (it only costs needless NOTIFYs).
+    DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';
+
+    -- Outcome counters past the monitoring views' hour (monitoring.sql).
+    PERFORM commitq._prune_counters(c.maintain_batch);
+
+    scheduled := commitq._run_schedules(now());
+END
+$$;
+
+-- The reader kind (sql/security.sql).
+CREATE OR REPLACE FUNCTION commitq._role_privileges()
+RETURNS TABLE (kind text, privilege text, object text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT v.kind, v.privilege, v.object FROM (VALUES
+        ('producer', 'USAGE', 'SCHEMA commitq'),
+        ('producer', 'USAGE', 'TYPE commitq.job_state'),
+        ('producer', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[])'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(jsonb)'),
+        -- Named leases are for application code and workers alike.
+        ('producer', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('worker', 'USAGE', 'SCHEMA commitq'),
+        ('worker', 'USAGE', 'TYPE commitq.job_state'),
+        ('worker', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.claim(text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_many(bigint[], bigint[])'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_take(bigint[], bigint[], text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.stop_waiting(text, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.fail(bigint, bigint, text, interval, boolean)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.heartbeat(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.snooze(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_lease(bigint, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_begin(bigint, bigint, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_done(bigint, bigint, text, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.maintain()'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('operator', 'USAGE', 'SCHEMA commitq'),
+        ('operator', 'USAGE', 'TYPE commitq.job_state'),
+        ('operator', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
+        -- Cron schedules (sql/schedule.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- Pausing queues (sql/pause.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.pause(text)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.resume(text)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
+        -- Operators read every table and change only the settings.
+        ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
+        ('operator', 'UPDATE', 'TABLE commitq.config'),
+        -- Dashboards and exporters: the views and nothing else. The view
+        -- engine_status calls _engine_status with the reader's privileges.
+        -- (A revoke finds the kinds a role still holds by their functions:
+        -- _engine_status is the reader's.)
+        ('reader', 'USAGE', 'SCHEMA commitq'),
+        ('reader', 'USAGE', 'TYPE commitq.job_state'),
+        ('reader', 'SELECT', 'TABLE commitq.queue_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.throughput'),
+        ('reader', 'SELECT', 'TABLE commitq.job_list'),
+        ('reader', 'SELECT', 'TABLE commitq.concurrency_key_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
+        ('reader', 'SELECT', 'TABLE commitq.schedules'),
+        ('reader', 'SELECT', 'TABLE commitq.engine_status'),
+        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()')
+    ) v(kind, privilege, object)
+$$;
+
+CREATE OR REPLACE FUNCTION commitq._grant_in_database(p_role regrole, p_kind text, p_grant boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_caller text := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
+    v_target name;
+    v_priv record;
+    v_kind text;
+BEGIN
+    IF NOT pg_catalog.pg_has_role(v_caller,
+            (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()),
+            'MEMBER') THEN
+        RAISE EXCEPTION 'commitq: only the owner of database % or a superuser may grant or revoke commitq privileges in it',
+            pg_catalog.current_database() USING ERRCODE = '42501';
+    END IF;
+    IF p_kind IS NULL OR p_kind NOT IN ('producer', 'worker', 'operator', 'reader') THEN
+        RAISE EXCEPTION 'commitq: unknown kind of privileges %', p_kind USING ERRCODE = 'CQ001';
+    END IF;
+    SELECT r.rolname INTO v_target FROM pg_catalog.pg_roles r WHERE r.oid = p_role;
+    IF v_target IS NULL THEN
+        RAISE EXCEPTION 'commitq: role must not be NULL' USING ERRCODE = 'CQ001';
+    END IF;
+    -- Not the cluster roles (a revoke would take their install grants away),
+    -- nor predefined roles, nor commitq's owner (who holds everything).
+    IF v_target IN ('commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader') OR v_target LIKE 'pg\_%'
+       OR p_role = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'commitq') THEN
+        RAISE EXCEPTION 'commitq: cannot grant or revoke commitq privileges to role %: it is commitq''s owner, '
+            'a commitq cluster role or a predefined role', v_target USING ERRCODE = 'CQ001';
+    END IF;
+
+    FOR v_priv IN SELECT * FROM commitq._role_privileges() r
+              WHERE r.kind = p_kind
+                 OR (p_kind = 'operator' AND r.kind IN ('producer', 'worker')) LOOP
+        EXECUTE pg_catalog.format(CASE WHEN p_grant THEN 'GRANT %s ON %s TO %I' ELSE 'REVOKE %s ON %s FROM %I' END,
+                                  v_priv.privilege, v_priv.object, v_target);
+    END LOOP;
+    IF p_grant THEN
+        RETURN;
+    END IF;
+    FOREACH v_kind IN ARRAY ARRAY['producer', 'worker', 'operator', 'reader'] LOOP
+        CONTINUE WHEN v_kind = p_kind;
+        IF EXISTS (SELECT FROM commitq._role_privileges() r, pg_catalog.pg_proc f,
+                          pg_catalog.aclexplode(f.proacl) a
+                    WHERE r.kind = v_kind AND r.privilege = 'EXECUTE'
+                      AND f.oid = pg_catalog.substr(r.object, 10)::regprocedure
+                      AND a.grantee = p_role AND a.privilege_type = 'EXECUTE') THEN
+            PERFORM commitq._grant_in_database(p_role, v_kind, true);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq.grant_reader(role regrole) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT commitq._grant_in_database(role, 'reader', true) $$;
+
+CREATE OR REPLACE FUNCTION commitq.revoke_reader(role regrole) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT commitq._grant_in_database(role, 'reader', false) $$;
+
+REVOKE ALL ON TABLE commitq.paused_queues, commitq.queue_counters, commitq.queue_stats,
+    commitq.throughput, commitq.job_list, commitq.concurrency_key_stats,
+    commitq.named_lease_holders FROM PUBLIC;
+REVOKE ALL ON TYPE commitq.paused_queues, commitq.queue_counters, commitq.queue_stats,
+    commitq.throughput, commitq.job_list, commitq.concurrency_key_stats,
+    commitq.named_lease_holders FROM PUBLIC;
+REVOKE ALL ON FUNCTION commitq.pause(text), commitq.resume(text),
+    commitq._count_outcome(text[], text), commitq._prune_counters(integer),
+    commitq.grant_reader(regrole), commitq.revoke_reader(regrole) FROM PUBLIC;
+-- The schema's ACL lists the database owner's USAGE after the four roles'
+-- in a fresh install: taken back here and given again below, after the
+-- reader's, so that an upgraded catalog is the same.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pg_database_owner') THEN
+        REVOKE USAGE ON SCHEMA commitq FROM pg_database_owner;
+    END IF;
+END
+$$;
+-- Every row of _role_privileges again, in its order (GRANT of a privilege
+-- held changes nothing): the new objects get the grants a fresh install
+-- gives them.
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT * FROM commitq._role_privileges() LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON %s TO %I', p.privilege, p.object, 'commitq_' || p.kind);
+    END LOOP;
+END
+$$;
+DO $$
+DECLARE
+    grantee text := CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pg_database_owner')
+                         THEN 'pg_database_owner' ELSE 'PUBLIC' END;
+BEGIN
+    IF grantee <> 'PUBLIC' THEN
+        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA commitq TO %s', grantee);
+    END IF;
+    EXECUTE pg_catalog.format(
+        'GRANT EXECUTE ON FUNCTION commitq.grant_reader(regrole), commitq.revoke_reader(regrole) TO %s', grantee);
+END
+$$;

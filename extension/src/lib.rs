@@ -103,6 +103,12 @@ extension_sql_file!(
     name = "engine",
     requires = ["maintain"]
 );
+extension_sql_file!("../../sql/pause.sql", name = "pause", requires = ["wakeup"]);
+extension_sql_file!(
+    "../../sql/monitoring.sql",
+    name = "monitoring",
+    requires = ["engine", "named_lease", "pause"]
+);
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 

@@ -10,7 +10,7 @@
 use commitq_tests::{connect, enqueue_claim_complete_as, sqlstate, TestDb};
 use tokio_postgres::Client;
 
-const KINDS: [&str; 3] = ["producer", "worker", "operator"];
+const KINDS: [&str; 4] = ["producer", "worker", "operator", "reader"];
 
 /// Login roles of one test, created once and kept (roles are cluster-wide;
 /// a role's privileges go with the databases each test re-creates).
@@ -41,6 +41,7 @@ async fn attempt(c: &Client, sql: &str) -> Result<(), String> {
 const ENQUEUE: &str = "SELECT * FROM commitq.enqueue('q', 'k', '{}')";
 const CLAIM: &str = "SELECT * FROM commitq.claim('q', 'w', 1)";
 const CANCEL: &str = "SELECT commitq.cancel(1)";
+const READ: &str = "SELECT * FROM commitq.queue_stats";
 
 /// Every privilege on the commitq schema and its objects where the two roles
 /// differ, as "privilege object: first second".
@@ -95,7 +96,7 @@ async fn a_role_granted_in_one_database_uses_commitq_there_only() {
             .batch_execute(&format!(
                 "GRANT commitq_{kind} TO {};
                  SET client_min_messages = error;
-                 REVOKE commitq_producer, commitq_worker, commitq_operator FROM {};",
+                 REVOKE commitq_producer, commitq_worker, commitq_operator, commitq_reader FROM {};",
                 cluster(kind),
                 per_db(kind)
             ))
@@ -142,6 +143,7 @@ async fn a_role_granted_in_one_database_uses_commitq_there_only() {
         ("producer", ENQUEUE),
         ("worker", CLAIM),
         ("operator", CANCEL),
+        ("reader", READ),
     ] {
         let in_a = connect(&a.url_as(&per_db(kind))).await;
         let in_b = connect(&b.url_as(&per_db(kind))).await;
@@ -226,6 +228,8 @@ async fn only_the_owner_of_the_database_or_a_superuser_may_grant() {
             "revoke_producer",
             "revoke_worker",
             "revoke_operator",
+            "grant_reader",
+            "revoke_reader",
         ] {
             let sql = format!("SELECT commitq.{f}('{app}')");
             assert_eq!(

@@ -112,7 +112,7 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
     // reader's privileges.
     (
         "_engine_status",
-        &["operator"],
+        &["operator", "reader"],
         "SELECT * FROM commitq._engine_status()",
     ),
     ("retry", &["operator"], "SELECT commitq.retry(1)"),
@@ -131,6 +131,8 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         &["operator"],
         "SELECT commitq.unschedule('nightly')",
     ),
+    ("pause", &["operator"], "SELECT commitq.pause('q')"),
+    ("resume", &["operator"], "SELECT commitq.resume('q')"),
     // For the database's owner only (pg_database_owner), none of the roles
     // here: tests/database_grants.rs.
     (
@@ -147,6 +149,16 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         "grant_operator",
         &[],
         "SELECT commitq.grant_operator(current_user::regrole)",
+    ),
+    (
+        "grant_reader",
+        &[],
+        "SELECT commitq.grant_reader(current_user::regrole)",
+    ),
+    (
+        "revoke_reader",
+        &[],
+        "SELECT commitq.revoke_reader(current_user::regrole)",
     ),
     (
         "revoke_producer",
@@ -171,6 +183,7 @@ const ROLES: &[(&str, Option<&str>)] = &[
     ("producer", Some("commitq_producer")),
     ("worker", Some("commitq_worker")),
     ("operator", Some("commitq_operator")),
+    ("reader", Some("commitq_reader")),
     ("stranger", None),
 ];
 
@@ -178,10 +191,23 @@ fn login(test: &str, role: &str) -> String {
     format!("cq_{test}_{role}")
 }
 
-/// The operator role is granted producer and worker too.
+/// The operator role is granted producer and worker too, and reads
+/// whatever the reader reads.
 fn may_execute(role: &str, granted: &[&str]) -> bool {
     granted.contains(&role) || (role == "operator" && !granted.is_empty())
 }
+
+/// What commitq_reader may SELECT: the monitoring views, and nothing else
+/// of the schema (no table, so no column a view leaves out).
+const READER_VIEWS: &[&str] = &[
+    "concurrency_key_stats",
+    "engine_status",
+    "job_list",
+    "named_lease_holders",
+    "queue_stats",
+    "schedules",
+    "throughput",
+];
 
 async fn setup_roles(db: &TestDb, test: &str) -> Client {
     let admin = db.connect().await;
@@ -259,8 +285,8 @@ async fn every_function_and_table_has_exactly_the_grants_of_the_matrix() {
     }
 
     // Tables (and views): operators read everything and change only config;
-    // nobody else touches a table directly (everything goes through the
-    // functions).
+    // readers read the monitoring views; nobody else touches a table
+    // directly (everything goes through the functions).
     let tables = admin
         .query(
             "SELECT c.relname::text FROM pg_class c
@@ -288,7 +314,10 @@ async fn every_function_and_table_has_exactly_the_grants_of_the_matrix() {
                     .get(0);
                 let expected = *role == "operator"
                     && (privilege == "SELECT" || (privilege == "UPDATE" && table == "config"));
-                let expected = expected && !table.ends_with("_seq");
+                let expected = expected && !table.ends_with("_seq")
+                    || (*role == "reader"
+                        && privilege == "SELECT"
+                        && READER_VIEWS.contains(&table.as_str()));
                 assert_eq!(can, expected, "{role} {privilege} on commitq.{table}");
             }
         }
@@ -352,6 +381,18 @@ async fn calling_every_function_as_every_role_matches_the_matrix() {
             let refused = matches!(&result, Err(e) if sqlstate(e) == "42501");
             let allowed = *role == "operator" && !sql.starts_with("DELETE");
             assert_eq!(!refused, allowed, "{role}: {sql}: {result:?}");
+        }
+        // Reading every view, for real (a view whose function or type the
+        // reader may not use fails here, not in the catalog).
+        for view in READER_VIEWS {
+            let sql = format!("SELECT * FROM commitq.{view} LIMIT 1");
+            let result = c.batch_execute(&sql).await;
+            let refused = matches!(&result, Err(e) if sqlstate(e) == "42501");
+            let allowed = *role == "operator" || *role == "reader";
+            assert_eq!(!refused, allowed, "{role}: {sql}: {result:?}");
+            if allowed {
+                result.unwrap();
+            }
         }
     }
     // The granted roles do their whole part, not only get past the grant
