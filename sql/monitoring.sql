@@ -94,18 +94,78 @@ BEGIN
 END
 $$;
 
+-- Per-queue counts by state for the other states come from index-only
+-- scans of their partial indexes, which carry the queue (schema.sql); and
+-- the planner's estimate of a big backlog (_available_by_queue) from these
+-- statistics of how queue and state go together.
+CREATE STATISTICS commitq.jobs_queue_state (mcv) ON queue, state FROM commitq.jobs;
+
+-- Available jobs per queue and the oldest one's run_at, without counting a
+-- big backlog job by job: queues are found by a loose index scan of
+-- jobs_claim_idx (one descent per queue), a queue's jobs are counted up to
+-- 10,000, and a queue with more gets the planner's estimate instead
+-- (`exact` false; from the statistics of the last ANALYZE, which autovacuum
+-- runs on commitq.jobs after 5% of it changed). The oldest run_at is the
+-- first of each priority, again one descent per priority. SECURITY
+-- DEFINER: the view queue_stats calls it as its reader. VOLATILE, as
+-- EXPLAIN requires.
+CREATE FUNCTION commitq._available_by_queue(
+    OUT queue text, OUT available bigint, OUT exact boolean, OUT oldest timestamptz)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cap constant integer := 10000;
+    v_queue text;
+    v_prio smallint;
+    v_plan jsonb;
+BEGIN
+    v_queue := (SELECT j.queue FROM commitq.jobs j WHERE j.state = 'available' ORDER BY j.queue LIMIT 1);
+    WHILE v_queue IS NOT NULL LOOP
+        _available_by_queue.queue := v_queue;
+        SELECT count(*) INTO _available_by_queue.available
+          FROM (SELECT 1 FROM commitq.jobs j
+                 WHERE j.queue = v_queue AND j.state = 'available' LIMIT v_cap + 1) x;
+        _available_by_queue.exact := _available_by_queue.available <= v_cap;
+        IF NOT _available_by_queue.exact THEN
+            EXECUTE pg_catalog.format(
+                'EXPLAIN (FORMAT JSON) SELECT 1 FROM commitq.jobs WHERE queue = %L AND state = %L',
+                v_queue, 'available') INTO v_plan;
+            _available_by_queue.available :=
+                greatest((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint, v_cap + 1);
+        END IF;
+        _available_by_queue.oldest := NULL;
+        v_prio := (SELECT j.priority FROM commitq.jobs j
+                    WHERE j.queue = v_queue AND j.state = 'available' ORDER BY j.priority LIMIT 1);
+        WHILE v_prio IS NOT NULL LOOP
+            _available_by_queue.oldest := least(_available_by_queue.oldest,
+                (SELECT j.run_at FROM commitq.jobs j
+                  WHERE j.queue = v_queue AND j.state = 'available' AND j.priority = v_prio
+                  ORDER BY j.run_at LIMIT 1));
+            v_prio := (SELECT j.priority FROM commitq.jobs j
+                        WHERE j.queue = v_queue AND j.state = 'available' AND j.priority > v_prio
+                        ORDER BY j.priority LIMIT 1);
+        END LOOP;
+        RETURN NEXT;
+        v_queue := (SELECT j.queue FROM commitq.jobs j
+                     WHERE j.state = 'available' AND j.queue > v_queue ORDER BY j.queue LIMIT 1);
+    END LOOP;
+END
+$$;
+
 -- One row per queue that has live jobs, outcomes in the last hour, or a
--- pause. Counts by state are exact; each comes from the partial index of
--- its state (available: an index-only scan of jobs_claim_idx), so the cost
--- follows the number of jobs in those states, never the whole table.
+-- pause. Counts come from the partial index of each state, never from a
+-- scan of the table: `available` is exact up to 10,000 and estimated above
+-- (available_exact false; see _available_by_queue), the others are exact
+-- (index-only scans, as long as the jobs in those states).
 --   latency_seconds  how long the oldest available job has been due (0 when
 --                    none is available): how far behind the workers are
 --   *_last_minute    the last complete clock minute
 --   *_last_hour      the current clock minute and the 59 before it
 CREATE VIEW commitq.queue_stats AS
 WITH available AS (
-    SELECT a.queue, count(*) AS n, min(a.run_at) AS oldest
-      FROM commitq.jobs a WHERE a.state = 'available' GROUP BY a.queue
+    SELECT a.queue, a.available AS n, a.exact, a.oldest FROM commitq._available_by_queue() a
 ), waiting AS (
     -- One arm per state, so that each arm can use its state's partial index.
     SELECT s.queue, count(*) FILTER (WHERE s.st = 'scheduled') AS scheduled,
@@ -144,7 +204,8 @@ SELECT q.queue,
        coalesce(o.completed_last_hour, 0)::bigint AS completed_last_hour,
        coalesce(o.failed_last_hour, 0)::bigint AS failed_last_hour,
        coalesce(o.discarded_last_hour, 0)::bigint AS discarded_last_hour,
-       coalesce(o.cancelled_last_hour, 0)::bigint AS cancelled_last_hour
+       coalesce(o.cancelled_last_hour, 0)::bigint AS cancelled_last_hour,
+       coalesce(a.exact, true) AS available_exact
   FROM queues q
   LEFT JOIN available a ON a.queue = q.queue
   LEFT JOIN waiting w ON w.queue = q.queue
@@ -165,19 +226,25 @@ SELECT c.queue, c.minute,
 
 -- Every job, live and finished, with what both tables hold. Filter on
 -- state, queue, kind or id and page by id: the conditions reach both arms,
--- and `ORDER BY id DESC LIMIT n` merges two index scans, e.g.
---   SELECT * FROM commitq.job_list WHERE state = 'discarded' AND id < $last
---    ORDER BY id DESC LIMIT 50;
+-- and `ORDER BY id DESC LIMIT n` merges two backward scans of the primary
+-- keys, e.g.
+--   SELECT * FROM commitq.job_list WHERE finished AND state = 'discarded'
+--      AND id < $last ORDER BY id DESC LIMIT 50;
+-- `finished` is a constant of each arm: a filter on it drops the other arm
+-- at planning, so a page of finished jobs does not walk every live one to
+-- find none (and a page of live jobs skips finished_jobs, whose CHECK on
+-- state does that already for a filter on a live state).
 -- lease_expires_at is NULL for finished jobs, finished_at for live ones.
 CREATE VIEW commitq.job_list AS
 SELECT j.id, j.queue, j.kind, j.args, j.state, j.priority, j.run_at, j.attempt, j.max_attempts,
        j.worker, j.concurrency_key, j.idempotency_key, j.errors, j.enqueued_at, j.claimed_at,
-       j.lease_expires_at, NULL::timestamptz AS finished_at, j.lease_token, j.cancel_requested
+       j.lease_expires_at, NULL::timestamptz AS finished_at, j.lease_token, j.cancel_requested,
+       false AS finished
   FROM commitq.jobs j
 UNION ALL
 SELECT f.id, f.queue, f.kind, f.args, f.state, f.priority, f.run_at, f.attempt, f.max_attempts,
        f.worker, f.concurrency_key, f.idempotency_key, f.errors, f.enqueued_at, f.claimed_at,
-       NULL::timestamptz, f.finished_at, f.lease_token, false
+       NULL::timestamptz, f.finished_at, f.lease_token, false, true
   FROM commitq.finished_jobs f;
 
 -- Concurrency keys in use (a key's row lives from its first claim until

@@ -93,17 +93,19 @@ CREATE INDEX jobs_claim_idx ON commitq.jobs (queue, priority, run_at, id)
     WITH (deduplicate_items = off)
     WHERE state = 'available';
 
--- Jobs waiting for a slot of their key, in the order they get one.
-CREATE INDEX jobs_blocked_idx ON commitq.jobs (concurrency_key, priority, run_at, id)
+-- Jobs waiting for a slot of their key, in the order they get one. This
+-- index and the next two carry the queue so that the monitoring view
+-- queue_stats counts each state per queue by an index-only scan.
+CREATE INDEX jobs_blocked_idx ON commitq.jobs (concurrency_key, priority, run_at, id) INCLUDE (queue)
     WITH (deduplicate_items = off)
     WHERE state = 'blocked';
 
 -- Promotion of scheduled jobs that have come due.
-CREATE INDEX jobs_scheduled_idx ON commitq.jobs (run_at)
+CREATE INDEX jobs_scheduled_idx ON commitq.jobs (run_at) INCLUDE (queue)
     WHERE state = 'scheduled';
 
 -- Rescue of expired leases by commitq.maintain().
-CREATE INDEX jobs_lease_idx ON commitq.jobs (lease_expires_at)
+CREATE INDEX jobs_lease_idx ON commitq.jobs (lease_expires_at) INCLUDE (queue)
     WHERE state = 'running';
 
 CREATE TABLE commitq.finished_jobs (

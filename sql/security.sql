@@ -117,7 +117,10 @@ AS $$
         ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
         ('reader', 'SELECT', 'TABLE commitq.schedules'),
         ('reader', 'SELECT', 'TABLE commitq.engine_status'),
-        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()')
+        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        -- queue_stats calls it as its reader, like engine_status.
+        ('reader', 'EXECUTE', 'FUNCTION commitq._available_by_queue()'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq._available_by_queue()')
     ) v(kind, privilege, object)
 $$;
 

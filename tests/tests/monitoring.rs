@@ -338,7 +338,8 @@ async fn the_views_show_states_latency_jobs_keys_and_leases() {
     let cancelled: (i64, String, Option<String>) = {
         let r = c
             .query_one(
-                "SELECT id, state::text, finished_at::text FROM commitq.job_list WHERE state = 'cancelled'",
+                "SELECT id, state::text, finished_at::text FROM commitq.job_list
+                  WHERE finished AND state = 'cancelled'",
                 &[],
             )
             .await
@@ -355,4 +356,47 @@ async fn the_views_show_states_latency_jobs_keys_and_leases() {
         .await
         .unwrap());
     assert_eq!(mail, vec![6]);
+    let live = ids(c
+        .query(
+            "SELECT id FROM commitq.job_list WHERE NOT finished ORDER BY id DESC",
+            &[],
+        )
+        .await
+        .unwrap());
+    assert_eq!(live.len(), 6);
+    assert!(!live.contains(&finished));
+}
+
+#[tokio::test]
+async fn a_big_backlog_is_estimated_and_says_so() {
+    let db = TestDb::new("t_mon_estimate").await;
+    let c = db.connect().await;
+    // Past the 10,000 counted one by one, in one queue; a few in another.
+    c.batch_execute(
+        "SELECT count(*) FROM commitq.enqueue_many('big', 'k',
+             array_fill('{}'::jsonb, ARRAY[15000]));
+         SELECT count(*) FROM commitq.enqueue_many('small', 'k',
+             array_fill('{}'::jsonb, ARRAY[30]));
+         ANALYZE commitq.jobs;",
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query(
+            "SELECT queue, available, available_exact FROM commitq.queue_stats ORDER BY queue",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got[1], ("small".to_string(), 30, true));
+    let (queue, estimate, exact) = &got[0];
+    assert_eq!((queue.as_str(), *exact), ("big", false));
+    assert!(
+        (13_500..=16_500).contains(estimate),
+        "estimate {estimate} of 15000"
+    );
 }

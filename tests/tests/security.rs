@@ -115,6 +115,12 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         &["operator", "reader"],
         "SELECT * FROM commitq._engine_status()",
     ),
+    // Internal; the view commitq.queue_stats calls it as its reader.
+    (
+        "_available_by_queue",
+        &["operator", "reader"],
+        "SELECT * FROM commitq._available_by_queue()",
+    ),
     ("retry", &["operator"], "SELECT commitq.retry(1)"),
     (
         "set_concurrency_limit",
