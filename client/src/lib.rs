@@ -65,6 +65,11 @@ pub use pool::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, Wor
 
 pub use version::{EXTENSION_VERSION, MIN_EXTENSION_VERSION};
 
+/// The Prometheus client crate [`Metrics::register_prometheus`] registers
+/// into, re-exported so that an application's registry is of the same
+/// version.
+pub use prometheus_client;
+
 /// Check that `pg_commitq` is installed in the connected database at a
 /// version this client works with: at least [`MIN_EXTENSION_VERSION`] and
 /// below the next major version after [`EXTENSION_VERSION`]. Within a major

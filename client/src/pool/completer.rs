@@ -22,6 +22,9 @@ pub(super) struct Completion {
     /// For a job with a concurrency key: its queue's slots, where the key's
     /// next job runs if the completion takes it (`commitq.complete_and_take`).
     pub(super) next_runs_on: Option<Slots>,
+    /// The job's queue and kind, for the metrics' labels.
+    pub(super) queue: String,
+    pub(super) kind: String,
 }
 
 /// Complete finished jobs in batches: whatever has arrived while the last
@@ -76,9 +79,13 @@ async fn complete_batch(
         }
     };
     let done = rows.iter().filter(|(completed, _)| *completed).count();
-    cfg.metrics.add_completed(done as u64);
-    for _ in done..ids.len() {
-        cfg.metrics.add_lost_lease();
+    // One row per completion, in the batch's order.
+    for (c, (completed, _)) in batch.iter().zip(&rows) {
+        if *completed {
+            cfg.metrics.add_completed(&c.queue, &c.kind);
+        } else {
+            cfg.metrics.add_lost_lease(&c.queue, &c.kind);
+        }
     }
     if done < ids.len() {
         warn!(
@@ -88,7 +95,7 @@ async fn complete_batch(
     }
     for (completion, (_, next)) in batch.into_iter().zip(rows) {
         let Some(next) = next else { continue };
-        cfg.metrics.add_claimed(1);
+        cfg.metrics.add_claimed(&next.queue, &next.kind);
         let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
         match (upgraded, completion.next_runs_on) {
             (Some(shared), Some(slots)) => {

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::metrics::RunOutcome;
 use crate::{driver, Client, Error};
 
 use super::completer::Completion;
@@ -66,7 +67,7 @@ pub(super) async fn run_job(
                 drop(waiting);
                 heartbeat.abort();
                 if lost.load(Ordering::SeqCst) {
-                    cfg.metrics.add_lost_lease();
+                    cfg.metrics.add_lost_lease(&job.queue, &job.kind);
                     warn!("lease lost while waiting for a handler; the job will run again elsewhere");
                 } else {
                     hand_back(cfg, &job).await;
@@ -75,7 +76,7 @@ pub(super) async fn run_job(
             }
         };
         drop(waiting);
-        cfg.metrics.record_claim_to_start(job.claimed_at.elapsed());
+        cfg.metrics.record_claim_to_start(&job.queue, &job.kind, job.claimed_at.elapsed());
         let ctx = JobContext {
             job_id: job.job_id,
             lease_token: job.lease_token,
@@ -93,6 +94,7 @@ pub(super) async fn run_job(
         };
 
         // The handler runs in its own task so that a panic is caught here.
+        let started = Instant::now();
         let mut task = tokio::spawn(handler(ctx.clone(), job.args.clone()));
         let result = tokio::select! {
             r = tokio::time::timeout(cfg.job_timeout, &mut task) => match r {
@@ -109,10 +111,19 @@ pub(super) async fn run_job(
             }
         };
         heartbeat.abort();
+        let ran = match &result {
+            _ if lost.load(Ordering::SeqCst) => RunOutcome::LostLease,
+            None => RunOutcome::Stopped,
+            Some(Err(_)) if shared.hard_stop.is_cancelled() => RunOutcome::Stopped,
+            Some(Ok(Outcome::Complete)) => RunOutcome::Completed,
+            Some(Ok(Outcome::Snooze(_))) => RunOutcome::Snoozed,
+            Some(Err(_)) => RunOutcome::Failed,
+        };
+        cfg.metrics.record_run(&job.queue, &job.kind, ran, started.elapsed());
 
         if lost.load(Ordering::SeqCst) {
             // Another worker may hold the job now: report nothing.
-            cfg.metrics.add_lost_lease();
+            cfg.metrics.add_lost_lease(&job.queue, &job.kind);
             warn!("lease lost while running; the job will run again elsewhere");
             return;
         }
@@ -123,12 +134,14 @@ pub(super) async fn run_job(
             None => hand_back(cfg, &job).await,
             Some(Ok(Outcome::Complete)) => {
                 if ctx.completed.load(Ordering::SeqCst) {
-                    cfg.metrics.add_completed(1);
+                    cfg.metrics.add_completed(&job.queue, &job.kind);
                 } else {
                     let _ = shared.completions.send(Completion {
                         job_id: job.job_id,
                         lease_token: job.lease_token,
                         next_runs_on: job.keyed.then_some(slots),
+                        queue: job.queue.clone(),
+                        kind: job.kind.clone(),
                     });
                 }
             }
@@ -189,7 +202,7 @@ async fn heartbeat(
 }
 
 async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, discard: bool) {
-    cfg.metrics.add_failed();
+    cfg.metrics.add_failed(&job.queue, &job.kind);
     let result = async {
         let conn = cfg.client.pool().get().await?;
         driver::fail(&**conn, job.job_id, job.lease_token, error, discard).await
@@ -197,11 +210,11 @@ async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, dis
     .await;
     match result {
         Ok(state) if state == "discarded" || state == "cancelled" => {
-            cfg.metrics.add_discarded();
+            cfg.metrics.add_discarded(&job.queue, &job.kind);
             warn!(%error, %state, "job failed for good");
         }
         Ok(_) => {
-            cfg.metrics.add_retried();
+            cfg.metrics.add_retried(&job.queue, &job.kind);
             warn!(%error, "job failed; it will be retried");
         }
         Err(e) => {
@@ -217,7 +230,7 @@ async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
     }
     .await;
     match result {
-        Ok(_) => cfg.metrics.add_snoozed(),
+        Ok(_) => cfg.metrics.add_snoozed(&job.queue, &job.kind),
         Err(e) => warn!(error = %e, "could not snooze"),
     }
 }

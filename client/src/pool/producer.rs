@@ -117,7 +117,9 @@ pub(super) async fn claim_loop(
             wait_for_work(&shared, &wake, cfg.poll_interval).await;
             continue;
         }
-        cfg.metrics.add_claimed(claimed.len() as u64);
+        for job in &claimed {
+            cfg.metrics.add_claimed(&job.queue, &job.kind);
+        }
         for (job, permit) in claimed.into_iter().zip(permits) {
             let waiting = Waiting::new(&all.waiting);
             jobs.spawn(run_job(
