@@ -13,27 +13,40 @@ pub struct Client {
     url: Option<String>,
 }
 
+/// Connections of the pool [`Client::connect`] opens: enough for a worker
+/// pool's default handlers and a web process's requests, well within
+/// PostgreSQL's default `max_connections` of 100. Size it to the handlers
+/// that hold a connection with [`Client::connect_with`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+
 impl Client {
     /// Connect with a libpq-style connection string or URL
     /// (`host=/run/postgresql dbname=app` or `postgres://...`). TLS is as
     /// libpq's `sslmode` and `sslrootcert` in it say (default: prefer),
     /// for the pool and the worker pool's LISTEN connection alike.
     pub async fn connect(url: &str) -> Result<Client, Error> {
-        let (config, tls) = tls::configure(url)?;
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(32)
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        Client::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`Client::connect`] with a pool of at most `max_connections`
+    /// connections (opened as needed). Handlers that hold a connection
+    /// while they run need one each: a [`crate::WorkerPool`] warns when
+    /// its handlers outnumber them. The worker pool's own statements
+    /// (claims, heartbeats, completions) use connections of its own, not
+    /// these.
+    pub async fn connect_with(url: &str, max_connections: usize) -> Result<Client, Error> {
+        if max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        let pool = open_pool(url, max_connections)?;
         let mut client = Client::from_pool(pool).await?;
         client.url = Some(url.to_string());
         Ok(client)
+    }
+
+    /// Most connections the pool opens.
+    pub fn max_connections(&self) -> usize {
+        self.pool.status().max_size
     }
 
     /// Use an existing pool. Workers that LISTEN for wake-ups need
@@ -82,6 +95,22 @@ impl Client {
         let conn = self.pool.get().await?;
         enqueue_many(&**conn, jobs).await
     }
+}
+
+/// A pool of at most `size` connections to `url`, opened as needed.
+pub(crate) fn open_pool(url: &str, size: usize) -> Result<Pool, Error> {
+    let (config, tls) = tls::configure(url)?;
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Enqueue `job` with `options` through `client`, which may be a

@@ -1,7 +1,8 @@
 //! The completer: writes the completions of finished jobs in batches.
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use tracing::warn;
 use crate::{driver, Error};
 
 use super::executor::{hand_back, run_job};
+use super::heartbeat::Held;
 use super::producer::{Slots, Waiting};
 use super::{Claimed, Shared, WorkerPoolBuilder};
 
@@ -22,6 +24,8 @@ pub(super) struct Completion {
     /// For a job with a concurrency key: its queue's slots, where the key's
     /// next job runs if the completion takes it (`commitq.complete_and_take`).
     pub(super) next_runs_on: Option<Slots>,
+    /// The job's lease stays renewed until its completion is written.
+    pub(super) held: Held,
 }
 
 /// Complete finished jobs in batches: whatever has arrived while the last
@@ -68,6 +72,11 @@ async fn complete_batch(
     } else {
         complete_many(cfg, &ids, &tokens).await
     };
+    // Written (or refused): no more heartbeats for these jobs.
+    let batch: Vec<(Option<Slots>, Held)> = batch
+        .into_iter()
+        .map(|c| (c.next_runs_on, c.held))
+        .collect();
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
@@ -86,12 +95,14 @@ async fn complete_batch(
             "completions refused: lease lost before completing"
         );
     }
-    for (completion, (_, next)) in batch.into_iter().zip(rows) {
+    for ((next_runs_on, held), (_, next)) in batch.into_iter().zip(rows) {
+        drop(held);
         let Some(next) = next else { continue };
         cfg.metrics.add_claimed(1);
         let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
-        match (upgraded, completion.next_runs_on) {
+        match (upgraded, next_runs_on) {
             (Some(shared), Some(slots)) => {
+                slots.adapt.saw_keyed();
                 let waiting = Waiting::new(&slots.waiting);
                 jobs.spawn(run_job(shared, next, None, slots, waiting));
             }
@@ -107,7 +118,7 @@ async fn complete_many(
     ids: &[i64],
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
-    let conn = cfg.client.pool().get().await?;
+    let conn = cfg.own_conn(cfg.lease).await?;
     let rows = driver::complete_many(&**conn, ids, tokens).await?;
     Ok(rows
         .into_iter()
@@ -122,7 +133,7 @@ async fn complete_and_take(
     ids: &[i64],
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
-    let conn = cfg.client.pool().get().await?;
+    let conn = cfg.own_conn(cfg.lease).await?;
     let rows = driver::complete_and_take(&**conn, ids, tokens, &cfg.worker_id, cfg.lease).await?;
     let claimed_at = Instant::now();
     Ok(rows
