@@ -202,3 +202,25 @@ async fn a_lost_lease_stops_its_handler_within_a_heartbeat() {
     assert_eq!(metrics.snapshot().lost_leases, 1);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_refuses_more_handlers_than_client_connections() {
+    let (db, _) = setup("t_pool_leases_sizing", EFFECTS).await;
+    let client = commitq::Client::connect_with(&db.url, 4).await.unwrap();
+    assert_eq!(client.max_connections(), 4);
+    let pool = |handlers| {
+        WorkerPool::builder(client.clone())
+            .queue("effects", handlers)
+            .handle(|_ctx, _job: Record| async { Ok(Outcome::Complete) })
+    };
+    match pool(5).try_build() {
+        Err(commitq::Error::Config(m)) => assert!(m.contains("5 handlers but 4"), "{m}"),
+        Err(e) => panic!("expected Error::Config, got {e}"),
+        Ok(_) => panic!("5 handlers on 4 connections were accepted"),
+    }
+    assert!(pool(4).try_build().is_ok());
+    assert!(matches!(
+        commitq::Client::connect_with(&db.url, 0).await,
+        Err(commitq::Error::Config(_))
+    ));
+}
