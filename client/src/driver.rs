@@ -159,6 +159,57 @@ pub(crate) async fn enqueue_many(
         .collect())
 }
 
+/// The options [`enqueue_many_arrays`] takes once for a whole batch.
+pub(crate) struct SharedOptions<'a> {
+    pub queue: &'a str,
+    pub kind: &'a str,
+    pub priority: Option<i32>,
+    pub run_at: Option<std::time::SystemTime>,
+    pub delay: Option<Duration>,
+    pub max_attempts: Option<i32>,
+}
+
+/// `commitq.enqueue_many`'s arrays form: jobs of one queue and kind that
+/// share priority, run_at and max_attempts, each with its own args and
+/// keys, in one INSERT without a PL/pgSQL call per job (unless it has an
+/// idempotency key). Results in input order. Unset options take the
+/// JSON form's defaults, so both forms store the same jobs.
+pub(crate) async fn enqueue_many_arrays(
+    client: &impl GenericClient,
+    shared: &SharedOptions<'_>,
+    args: &[Value],
+    idempotency_keys: Option<Vec<Option<String>>>,
+    concurrency_keys: Option<Vec<Option<String>>>,
+) -> Result<Vec<Enqueued>, Error> {
+    let delay = shared.delay.map(|d| d.as_secs_f64());
+    let rows = client
+        .query(
+            "SELECT job_id, inserted FROM commitq.enqueue_many(
+    $1, $2, $3::jsonb[], coalesce($4::int4, 0),
+    coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
+    coalesce($7::int4, 25), $8::text[], $9::text[])",
+            &[
+                &shared.queue,
+                &shared.kind,
+                &args,
+                &shared.priority,
+                &shared.run_at,
+                &delay,
+                &shared.max_attempts,
+                &idempotency_keys,
+                &concurrency_keys,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Enqueued {
+            job_id: r.get(0),
+            inserted: r.get(1),
+        })
+        .collect())
+}
+
 /// `commitq.claim`: up to `limit` jobs of `queue`, leased to `worker` for
 /// `lease`.
 pub(crate) async fn claim(

@@ -56,7 +56,7 @@ pub mod testing;
 mod tls;
 mod version;
 
-pub use client::{enqueue, enqueue_many, Client};
+pub use client::{enqueue, enqueue_many, Client, DEFAULT_MAX_CONNECTIONS};
 pub use error::Error;
 pub use job::{EnqueueOptions, Enqueued, Job};
 pub use metrics::{Metrics, MetricsSnapshot};

@@ -18,6 +18,9 @@ async fn graceful_shutdown_finishes_running_jobs_and_hands_back_the_rest() {
     client.enqueue_many(&jobs).await.unwrap();
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 2)
+        // No local queue: exactly the two running jobs hold leases (the
+        // adaptive one could hold a job when claims are slow).
+        .prefetch(0)
         .grace(Duration::from_millis(1500))
         .handle(|ctx, job: Record| async move {
             // Job 1 and 2 take 300 ms, the rest would take a minute.

@@ -1,7 +1,8 @@
 //! The completer: writes the completions of finished jobs in batches.
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use tracing::warn;
 use crate::{driver, Error};
 
 use super::executor::{hand_back, run_job};
+use super::heartbeat::Held;
 use super::producer::{Slots, Waiting};
 use super::{Claimed, Shared, WorkerPoolBuilder};
 
@@ -25,6 +27,8 @@ pub(super) struct Completion {
     /// The job's queue and kind, for the metrics' labels.
     pub(super) queue: String,
     pub(super) kind: String,
+    /// The job's lease stays renewed until its completion is written.
+    pub(super) held: Held,
 }
 
 /// Complete finished jobs in batches: whatever has arrived while the last
@@ -71,6 +75,11 @@ async fn complete_batch(
     } else {
         complete_many(cfg, &ids, &tokens).await
     };
+    // Written (or refused): no more heartbeats for these jobs.
+    let batch: Vec<(String, String, Option<Slots>, Held)> = batch
+        .into_iter()
+        .map(|c| (c.queue, c.kind, c.next_runs_on, c.held))
+        .collect();
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
@@ -80,11 +89,11 @@ async fn complete_batch(
     };
     let done = rows.iter().filter(|(completed, _)| *completed).count();
     // One row per completion, in the batch's order.
-    for (c, (completed, _)) in batch.iter().zip(&rows) {
+    for ((queue, kind, _, _), (completed, _)) in batch.iter().zip(&rows) {
         if *completed {
-            cfg.metrics.add_completed(&c.queue, &c.kind);
+            cfg.metrics.add_completed(queue, kind);
         } else {
-            cfg.metrics.add_lost_lease(&c.queue, &c.kind);
+            cfg.metrics.add_lost_lease(queue, kind);
         }
     }
     if done < ids.len() {
@@ -93,12 +102,14 @@ async fn complete_batch(
             "completions refused: lease lost before completing"
         );
     }
-    for (completion, (_, next)) in batch.into_iter().zip(rows) {
+    for ((_, _, next_runs_on, held), (_, next)) in batch.into_iter().zip(rows) {
+        drop(held);
         let Some(next) = next else { continue };
         cfg.metrics.add_claimed(&next.queue, &next.kind);
         let upgraded = shared.upgrade().filter(|_| !stopping.is_cancelled());
-        match (upgraded, completion.next_runs_on) {
+        match (upgraded, next_runs_on) {
             (Some(shared), Some(slots)) => {
+                slots.adapt.saw_keyed();
                 let waiting = Waiting::new(&slots.waiting);
                 jobs.spawn(run_job(shared, next, None, slots, waiting));
             }
@@ -114,7 +125,7 @@ async fn complete_many(
     ids: &[i64],
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
-    let conn = cfg.client.pool().get().await?;
+    let conn = cfg.own_conn(cfg.lease).await?;
     let rows = driver::complete_many(&**conn, ids, tokens).await?;
     Ok(rows
         .into_iter()
@@ -129,7 +140,7 @@ async fn complete_and_take(
     ids: &[i64],
     tokens: &[i64],
 ) -> Result<Vec<(bool, Option<Claimed>)>, Error> {
-    let conn = cfg.client.pool().get().await?;
+    let conn = cfg.own_conn(cfg.lease).await?;
     let rows = driver::complete_and_take(&**conn, ids, tokens, &cfg.worker_id, cfg.lease).await?;
     let claimed_at = Instant::now();
     Ok(rows

@@ -4,17 +4,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{info_span, warn, Instrument};
 
+use crate::driver;
 use crate::metrics::RunOutcome;
-use crate::{driver, Client, Error};
 
 use super::completer::Completion;
 use super::context::{JobContext, Outcome, RunError};
+use super::heartbeat::Held;
 use super::producer::{Slots, Waiting};
 use super::{Claimed, Shared, WorkerPoolBuilder};
 
@@ -30,17 +30,17 @@ pub(super) async fn run_job(
     let cfg = &shared.cfg;
     let span = info_span!("job", queue = %job.queue, kind = %job.kind, id = job.job_id, attempt = job.attempt);
     async {
-        let cancel = shared.hard_stop.child_token();
-        let lost = Arc::new(AtomicBool::new(false));
-        // From the claim on, also while the job waits for a handler slot.
-        let heartbeat = tokio::spawn(heartbeat(
-            cfg.client.clone(),
+        // From the claim on, also while the job waits for a handler slot,
+        // the heartbeater renews its lease.
+        let held: Held = shared.leases.hold(
             job.job_id,
             job.lease_token,
+            job.claimed_at,
             cfg.lease,
-            cancel.clone(),
-            lost.clone(),
-        ));
+            shared.hard_stop.child_token(),
+        );
+        let lease = held.state.clone();
+        let cancel = lease.cancel.clone();
         // A job taken by a completion (no claim slot yet) waits for a claim
         // slot like the claim loops do, then for a handler slot; without
         // prefetch a claimed job finds a handler slot free. A job still
@@ -58,15 +58,13 @@ pub(super) async fn run_job(
             biased;
             p = slots_free => p,
             _ = shared.stopping.cancelled() => {
-                heartbeat.abort();
                 drop(waiting);
                 hand_back(cfg, &job).await;
                 return;
             }
             _ = cancel.cancelled() => {
                 drop(waiting);
-                heartbeat.abort();
-                if lost.load(Ordering::SeqCst) {
+                if lease.is_lost() {
                     cfg.metrics.add_lost_lease(&job.queue, &job.kind);
                     warn!("lease lost while waiting for a handler; the job will run again elsewhere");
                 } else {
@@ -94,8 +92,15 @@ pub(super) async fn run_job(
         };
 
         // The handler runs in its own task so that a panic is caught here.
-        let started = Instant::now();
+        // A job cancelled or whose lease was lost (both seen at the next
+        // heartbeat) has `cancel_grace` to stop by itself; then its task is
+        // dropped, so it never runs on until the job timeout.
+        let started = tokio::time::Instant::now();
         let mut task = tokio::spawn(handler(ctx.clone(), job.args.clone()));
+        let stop_after_cancel = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(cfg.cancel_grace).await;
+        };
         let result = tokio::select! {
             r = tokio::time::timeout(cfg.job_timeout, &mut task) => match r {
                 Ok(Ok(r)) => Some(r),
@@ -109,10 +114,17 @@ pub(super) async fn run_job(
                 task.abort();
                 None
             }
+            _ = stop_after_cancel => {
+                task.abort();
+                warn!(grace = ?cfg.cancel_grace, "handler did not stop after cancellation; dropped");
+                Some(Err(RunError::Handler(format!(
+                    "cancelled; handler stopped after the cancel grace of {:?}",
+                    cfg.cancel_grace
+                ))))
+            }
         };
-        heartbeat.abort();
         let ran = match &result {
-            _ if lost.load(Ordering::SeqCst) => RunOutcome::LostLease,
+            _ if lease.is_lost() => RunOutcome::LostLease,
             None => RunOutcome::Stopped,
             Some(Err(_)) if shared.hard_stop.is_cancelled() => RunOutcome::Stopped,
             Some(Ok(Outcome::Complete)) => RunOutcome::Completed,
@@ -120,8 +132,9 @@ pub(super) async fn run_job(
             Some(Err(_)) => RunOutcome::Failed,
         };
         cfg.metrics.record_run(&job.queue, &job.kind, ran, started.elapsed());
+        slots.adapt.record_run(started.elapsed());
 
-        if lost.load(Ordering::SeqCst) {
+        if lease.is_lost() {
             // Another worker may hold the job now: report nothing.
             cfg.metrics.add_lost_lease(&job.queue, &job.kind);
             warn!("lease lost while running; the job will run again elsewhere");
@@ -142,6 +155,7 @@ pub(super) async fn run_job(
                         next_runs_on: job.keyed.then_some(slots),
                         queue: job.queue.clone(),
                         kind: job.kind.clone(),
+                        held,
                     });
                 }
             }
@@ -167,44 +181,10 @@ fn panic_message(join: tokio::task::JoinError) -> String {
     format!("handler panicked: {text}")
 }
 
-/// Renew the lease every third of it; cancel the handler when the job was
-/// cancelled or the lease is lost.
-async fn heartbeat(
-    client: Client,
-    job_id: i64,
-    token: i64,
-    lease: Duration,
-    cancel: CancellationToken,
-    lost: Arc<AtomicBool>,
-) {
-    let every = lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        let result = async {
-            let conn = client.pool().get().await?;
-            driver::heartbeat(&**conn, job_id, token).await
-        }
-        .await;
-        match result {
-            Ok(false) => {}
-            Ok(true) => {
-                debug!("cancellation requested");
-                cancel.cancel();
-            }
-            Err(Error::StaleLease(_) | Error::LeaseExpired(_)) => {
-                lost.store(true, Ordering::SeqCst);
-                cancel.cancel();
-                return;
-            }
-            Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
-        }
-    }
-}
-
 async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, discard: bool) {
     cfg.metrics.add_failed(&job.queue, &job.kind);
     let result = async {
-        let conn = cfg.client.pool().get().await?;
+        let conn = cfg.own_conn(cfg.lease).await?;
         driver::fail(&**conn, job.job_id, job.lease_token, error, discard).await
     }
     .await;
@@ -225,7 +205,7 @@ async fn report_failure(cfg: &WorkerPoolBuilder, job: &Claimed, error: &str, dis
 
 async fn snooze(cfg: &WorkerPoolBuilder, job: &Claimed, delay: Duration) {
     let result = async {
-        let conn = cfg.client.pool().get().await?;
+        let conn = cfg.own_conn(cfg.lease).await?;
         driver::snooze(&**conn, job.job_id, job.lease_token, delay).await
     }
     .await;

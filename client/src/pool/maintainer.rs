@@ -17,7 +17,7 @@ pub(super) async fn maintain(shared: Arc<Shared>, every: Duration) {
             _ = shared.stopping.cancelled() => return,
         }
         let result = async {
-            let conn = shared.cfg.client.pool().get().await?;
+            let conn = shared.cfg.own_conn(shared.cfg.lease).await?;
             driver::maintain(&**conn).await
         }
         .await;

@@ -15,18 +15,18 @@ mod builder;
 mod completer;
 mod context;
 mod executor;
+mod heartbeat;
 mod maintainer;
 mod notifier;
 mod producer;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::Client;
 
 use completer::{complete_batches, Completion};
+use heartbeat::{renew_leases, Leases};
 use maintainer::maintain;
 use notifier::listen;
 use producer::{claim_loop, stop_waiting, Slots};
@@ -56,6 +57,10 @@ struct Shared {
     stopping: CancellationToken,
     /// Grace period over: cancel what still runs.
     hard_stop: CancellationToken,
+    /// Every job has ended: heartbeats stop.
+    finished: CancellationToken,
+    /// The jobs this pool holds, whose leases the heartbeater renews.
+    leases: Arc<Leases>,
     completions: mpsc::UnboundedSender<Completion>,
 }
 
@@ -106,6 +111,8 @@ impl WorkerPool {
             cfg: self.inner.clone(),
             stopping: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            finished: CancellationToken::new(),
+            leases: Arc::new(Leases::default()),
             completions: tx,
         });
         let notifies: HashMap<String, Arc<Notify>> = shared
@@ -124,6 +131,12 @@ impl WorkerPool {
             jobs.clone(),
             rx,
         ));
+        let heartbeats = tokio::spawn(renew_leases(
+            self.inner.clone(),
+            shared.leases.clone(),
+            shared.cfg.heartbeat_every(),
+            shared.finished.clone(),
+        ));
         if let Some(url) = shared.cfg.client.url().map(str::to_string) {
             background.spawn(listen(url, notifies.clone(), shared.stopping.clone()));
         }
@@ -133,19 +146,15 @@ impl WorkerPool {
         for (queue, concurrency) in &shared.cfg.queues {
             // A claimed job holds a claim slot until it ends, and a handler
             // slot while it runs; the difference is the local queue.
-            let slots = Slots {
-                claim: Arc::new(Semaphore::new(*concurrency + shared.cfg.prefetch)),
-                run: Arc::new(Semaphore::new(*concurrency)),
-                handlers: *concurrency,
-                waiting: Arc::new(AtomicUsize::new(0)),
-            };
-            for _ in 0..shared.cfg.claimers {
+            let slots = Slots::new(*concurrency, shared.cfg.prefetch);
+            for index in 0..shared.cfg.max_claimers() {
                 background.spawn(claim_loop(
                     shared.clone(),
                     queue.clone(),
                     slots.clone(),
                     notifies[queue].clone(),
                     jobs.clone(),
+                    index,
                 ));
             }
         }
@@ -167,7 +176,12 @@ impl WorkerPool {
             shared.hard_stop.cancel();
             jobs.wait().await;
         }
+        // Completions hold their jobs' leases until written: heartbeats
+        // go on until the completer is done.
+        let finished = shared.finished.clone();
         drop(shared);
         let _ = completer.await;
+        finished.cancel();
+        let _ = heartbeats.await;
     }
 }

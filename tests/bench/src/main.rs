@@ -20,7 +20,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use common::{Cluster, Load, Outcome, Sample};
-use systems::commitq::{Commitq, Drain, Keys};
+use systems::commitq::{Commitq, Drain, Keys, PoolConfig};
 use systems::raw::{Finish, Raw};
 use systems::{System, Workload};
 
@@ -94,10 +94,6 @@ pub fn peers_dir() -> PathBuf {
     project_dir().join("target/bench-peers")
 }
 
-/// The worker pool's local queue in the drains that use one: two claims'
-/// worth, so that handlers never wait for a claim's round trip.
-const PREFETCH: usize = 200;
-
 /// What each workload measures, in the order of the report.
 fn plan() -> Vec<(Workload, Vec<System>)> {
     let externals = || {
@@ -106,13 +102,16 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
             .map(System::External)
     };
     let raw_claim = |batch, finish| System::Raw(Raw::Claim { batch, finish });
-    let pool = |prefetch, keys| {
+    // The main rows run the pool with its defaults, as a user gets it; the
+    // configurations set by hand are extra rows, named as such.
+    let pool = |config, keys| {
         System::Commitq(Commitq::Pool {
             handlers: 16,
-            prefetch,
+            config,
             keys,
         })
     };
+    use PoolConfig::{Defaults, NoPrefetch, Tuned};
     let enqueuers = || {
         [
             System::Raw(Raw::Insert),
@@ -143,8 +142,8 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
                 raw_claim(100, Finish::Update),
                 sql_drain(Drain::ClaimThenComplete),
                 sql_drain(Drain::CompleteAndClaim),
-                pool(0, Keys::None),
-                pool(PREFETCH, Keys::None),
+                pool(Defaults, Keys::None),
+                pool(Tuned, Keys::None),
                 System::Pgmq,
                 System::Pgq,
             ]
@@ -155,7 +154,7 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         (Workload::Single, enqueuers()),
         (
             Workload::Latency,
-            [pool(0, Keys::None), System::Pgmq]
+            [pool(Defaults, Keys::None), System::Pgmq]
                 .into_iter()
                 .chain(externals())
                 .collect(),
@@ -165,7 +164,7 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
             [
                 raw_claim(100, Finish::Delete),
                 sql_drain(Drain::CompleteAndClaim),
-                pool(PREFETCH, Keys::None),
+                pool(Defaults, Keys::None),
                 System::Pgmq,
                 System::Pgq,
             ]
@@ -180,12 +179,13 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         (
             Workload::KeyedDrain,
             vec![
-                pool(0, Keys::None),
-                pool(0, Keys::Concurrency(200)),
-                pool(0, Keys::Idempotency),
-                pool(PREFETCH, Keys::None),
-                pool(PREFETCH, Keys::Concurrency(200)),
-                pool(PREFETCH, Keys::Idempotency),
+                pool(Defaults, Keys::None),
+                pool(Defaults, Keys::Concurrency(200)),
+                pool(Defaults, Keys::Idempotency),
+                pool(NoPrefetch, Keys::None),
+                pool(NoPrefetch, Keys::Concurrency(200)),
+                pool(Tuned, Keys::None),
+                pool(Tuned, Keys::Concurrency(200)),
             ],
         ),
     ]

@@ -32,6 +32,19 @@ pub enum Drain {
     CompleteAndClaim,
 }
 
+/// How a benchmark's worker pool is configured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PoolConfig {
+    /// `WorkerPool::builder(client).queue(q, handlers)`, nothing else set:
+    /// batch, local queue and claim loops adapt by themselves.
+    Defaults,
+    /// The defaults with `prefetch(0)`: no local queue.
+    NoPrefetch,
+    /// Set by hand for a drain of short jobs: `batch(100)`,
+    /// `prefetch(200)`, `claimers(4)`.
+    Tuned,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Commitq {
     /// `enqueue` one job per transaction, `enqueue_many` in bulk.
@@ -40,11 +53,10 @@ pub enum Commitq {
     ParallelFunctions,
     /// Claimers calling the SQL functions directly, `batch` jobs a claim.
     Sql { batch: i32, how: Drain },
-    /// The crate's `WorkerPool` with no-op handlers, claiming up to
-    /// `prefetch` jobs ahead of free handlers.
+    /// The crate's `WorkerPool` with no-op handlers.
     Pool {
         handlers: usize,
-        prefetch: usize,
+        config: PoolConfig,
         keys: Keys,
     },
 }
@@ -65,10 +77,9 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
         .get(0);
     Ok(format!(
         "pg_commitq {v}; commitq crate {}; SQL drains: one claimer per handler, \
-         claim 100 then complete_many, or complete_and_claim 100; WorkerPool drains: \
-         without prefetch a claim loop of batch 16 per 16 handlers, with prefetch \
-         batch 100 and {PREFETCH_CLAIMERS} claim loops; latency: WorkerPool defaults (batch 10, \
-         NOTIFY wake-up)",
+         claim 100 then complete_many, or complete_and_claim 100; WorkerPool: defaults \
+         (adaptive batch, local queue and claim loops; NOTIFY wake-up) unless the row \
+         says otherwise; tuned: batch 100, prefetch 200, 4 claim loops",
         env!("CARGO_PKG_VERSION")
     ))
 }
@@ -121,10 +132,10 @@ impl Commitq {
     pub fn without_keys(self) -> Commitq {
         match self {
             Commitq::Pool {
-                handlers, prefetch, ..
+                handlers, config, ..
             } => Commitq::Pool {
                 handlers,
-                prefetch,
+                config,
                 keys: Keys::None,
             },
             other => other,
@@ -143,13 +154,14 @@ impl Commitq {
             },
             Commitq::Pool {
                 handlers,
-                prefetch,
+                config,
                 keys,
             } => format!(
                 "commitq crate WorkerPool, {handlers} handlers{}{}",
-                match prefetch {
-                    0 => String::new(),
-                    n => format!(", prefetch {n}"),
+                match config {
+                    PoolConfig::Defaults => "",
+                    PoolConfig::NoPrefetch => ", no prefetch",
+                    PoolConfig::Tuned => ", tuned (batch 100, prefetch 200, 4 claim loops)",
                 },
                 match keys {
                     Keys::None => String::new(),
@@ -190,12 +202,12 @@ impl Commitq {
                 Workload::Drain | Workload::KeyedDrain,
                 Commitq::Pool {
                     handlers,
-                    prefetch,
+                    config,
                     keys,
                 },
             ) => {
                 fill(&c, load.jobs, keys).await?;
-                pool_drain(&url, load, handlers, prefetch)
+                pool_drain(&url, load, handlers, config)
                     .await
                     .map(Sample::rate)
             }
@@ -294,28 +306,21 @@ impl commitq::Job for Noop {
     const QUEUE: &'static str = "bench";
 }
 
-/// Claim loops of a pool with prefetch in the drains.
-const PREFETCH_CLAIMERS: usize = 4;
-
 /// Drain the queue with the worker pool and no-op handlers.
-async fn pool_drain(url: &str, load: &Load, handlers: usize, prefetch: usize) -> Outcome<f64> {
+async fn pool_drain(url: &str, load: &Load, handlers: usize, config: PoolConfig) -> Outcome<f64> {
     let client = commitq::Client::connect(url)
         .await
         .map_err(why("commitq client"))?;
-    // Without prefetch, one claim loop per 16 handlers, each claiming for
-    // its share; with it, PREFETCH_CLAIMERS loops claiming 100 at a time,
-    // so that the next batches are on their way while one is being taken
-    // (measured with prefetch 200: 2 loops 24k jobs/s, 4 loops 34k).
-    let (claimers, batch) = match prefetch {
-        0 => ((handlers / 16).max(1), handlers / (handlers / 16).max(1)),
-        _ => (PREFETCH_CLAIMERS, 100),
+    let builder = commitq::WorkerPool::builder(client).queue("bench", handlers);
+    let builder = match config {
+        PoolConfig::Defaults => builder,
+        PoolConfig::NoPrefetch => builder.prefetch(0),
+        // Loops claiming 100 at a time, so that the next batches are on
+        // their way while one is being taken (measured with prefetch 200:
+        // 2 loops 24k jobs/s, 4 loops 34k).
+        PoolConfig::Tuned => builder.claimers(4).batch(100).prefetch(200),
     };
-    let pool = commitq::WorkerPool::builder(client)
-        .queue("bench", handlers)
-        .claimers(claimers)
-        .batch(batch)
-        .prefetch(prefetch)
-        .poll_interval(Duration::from_millis(20))
+    let pool = builder
         .handle(|_ctx, _job: Noop| async { Ok(commitq::Outcome::Complete) })
         .build();
     let metrics = pool.metrics();
@@ -386,7 +391,6 @@ pub async fn memory_at(cluster: &Cluster, db: &str, handlers: usize) -> Outcome<
         .map_err(why("commitq client"))?;
     let pool = commitq::WorkerPool::builder(client)
         .queue("bench", handlers)
-        .batch(handlers)
         .handle(|_ctx, _job: Noop| async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(commitq::Outcome::Complete)
