@@ -161,7 +161,7 @@ impl Web {
 
     /// The CSRF token the pages carry.
     pub fn csrf(&self) -> String {
-        let body = self.get("/queues").body;
+        let body = self.get("/").body;
         token_in(&body).expect("a CSRF token in the page")
     }
 }
@@ -174,7 +174,7 @@ impl Drop for Web {
 }
 
 pub fn token_in(html: &str) -> Option<String> {
-    let at = html.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+    let at = html.find("name=\"csrf\" content=\"")? + "name=\"csrf\" content=\"".len();
     Some(html[at..].chars().take_while(|c| *c != '"').collect())
 }
 
