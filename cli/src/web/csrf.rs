@@ -47,7 +47,11 @@ impl Token {
             if !same {
                 return Err(WebError::new(
                     StatusCode::FORBIDDEN,
-                    "this action came from another site's page: refused",
+                    format!(
+                        "this action came from another site's page (Origin {}, Host {}): refused",
+                        origin.to_str().unwrap_or("?"),
+                        host.unwrap_or("?")
+                    ),
                 ));
             }
         }

@@ -106,7 +106,8 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// On every response: no framing, no sniffing, no referrer, nothing cached,
+/// On every response: no framing, no sniffing, no referrer to other sites,
+/// nothing cached,
 /// and a content security policy that runs only the dashboard's own script
 /// (so even a value that escaped escaping could not run). Before every
 /// request: a Host check against DNS rebinding (see `csrf::host_allowed`).
@@ -128,9 +129,12 @@ async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Respons
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // same-origin, not no-referrer: under no-referrer browsers send
+    // "Origin: null" with the dashboard's own forms, which the CSRF check
+    // must refuse (a sandboxed frame of any site sends that too).
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res

@@ -15,12 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_commitq");
 
 /// A database of the test's own with commitq installed.
 pub async fn db(name: &str) -> TestDb {
-    let db = TestDb::new(name).await;
-    if let Ok(shim) = std::env::var("COMMITQ_CLI_SHIM") {
-        let sql = std::fs::read_to_string(shim).unwrap();
-        db.connect().await.batch_execute(&sql).await.unwrap();
-    }
-    db
+    TestDb::new(name).await
 }
 
 /// A login role of the test's own, member of `grant` (a commitq role).
