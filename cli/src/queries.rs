@@ -328,6 +328,15 @@ impl JobAction {
             JobAction::Cancel => "SELECT commitq.cancel($1)::text",
         }
     }
+    /// The states a bulk action takes when given none: retry re-runs
+    /// discarded jobs (never completed ones unless asked), cancel stops
+    /// every waiting or running one.
+    pub fn default_states(self) -> &'static [&'static str] {
+        match self {
+            JobAction::Retry => &["discarded"],
+            JobAction::Cancel => &CANCELLABLE,
+        }
+    }
     /// The states the action applies to, for bulk actions.
     pub fn states(self) -> &'static [&'static str] {
         match self {

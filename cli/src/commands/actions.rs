@@ -42,7 +42,7 @@ pub async fn bulk(
             )));
         }
     }
-    let ids = queries::matching_ids(&**db, &filter, action.states()).await?;
+    let ids = queries::matching_ids(&**db, &filter, action.default_states()).await?;
     if ids.is_empty() {
         if json {
             print!("{}", output::json(&queries::BulkResult::default()));
