@@ -22,6 +22,8 @@ pub const STATES: [&str; 7] = [
     "discarded",
     "cancelled",
 ];
+/// States of finished jobs (commitq.finished_jobs).
+pub const FINISHED: [&str; 3] = ["completed", "discarded", "cancelled"];
 /// States a job may be retried from (commitq.retry).
 pub const RETRYABLE: [&str; 4] = ["scheduled", "discarded", "cancelled", "completed"];
 /// States a job may be cancelled in (commitq.cancel).
@@ -135,18 +137,35 @@ impl JobFilter {
             params.push(q);
             conds.push(format!("queue = ${}", params.len()));
         }
-        if let Some(s) = &self.state {
-            params.push(s);
-            conds.push(format!(
-                "state = (${}::text)::commitq.job_state",
-                params.len()
-            ));
-        } else if !states.is_empty() {
-            params.push(states);
-            conds.push(format!(
-                "state = ANY ((${}::text[])::commitq.job_state[])",
-                params.len()
-            ));
+        // States go into the text as constants of the enum (each checked
+        // against STATES first), not as parameters: the planner must see
+        // the value to drop the arm of commitq.job_list that cannot hold
+        // it. A live state rules out finished_jobs by its CHECK constraint;
+        // for a finished state `finished_at IS NOT NULL` is constant false
+        // in the live arm (measured on 1,000,000 jobs: the first page of
+        // available jobs 438 ms -> 0.15 ms, of discarded ones ~800 ms ->
+        // 0.11 ms, the other arm's index no longer scanned through).
+        let wanted: Vec<&str> = match &self.state {
+            Some(s) => vec![s.as_str()],
+            None => states.iter().map(String::as_str).collect(),
+        };
+        let known: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|s| STATES.contains(s))
+            .collect();
+        if known.len() < wanted.len() {
+            // A state that does not exist: nothing can match.
+            conds.push("false".to_string());
+        } else if !known.is_empty() {
+            let list: Vec<String> = known
+                .iter()
+                .map(|s| format!("'{s}'::commitq.job_state"))
+                .collect();
+            conds.push(format!("state IN ({})", list.join(", ")));
+            if known.iter().all(|s| FINISHED.contains(s)) {
+                conds.push("finished_at IS NOT NULL".to_string());
+            }
         }
         if let Some(k) = &self.kind {
             params.push(k);
