@@ -127,10 +127,7 @@ impl JobFilter {
 
     /// The WHERE clause and its parameters, numbered from 1. `states` limits
     /// the set further to those states (a bulk action's applicable ones).
-    fn where_clause<'a>(
-        &'a self,
-        states: &'a Vec<String>,
-    ) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
+    fn where_clause<'a>(&'a self, states: &[&str]) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
         let mut conds = Vec::new();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if let Some(q) = &self.queue {
@@ -147,7 +144,7 @@ impl JobFilter {
         // 0.11 ms, the other arm's index no longer scanned through).
         let wanted: Vec<&str> = match &self.state {
             Some(s) => vec![s.as_str()],
-            None => states.iter().map(String::as_str).collect(),
+            None => states.to_vec(),
         };
         let known: Vec<&str> = wanted
             .iter()
@@ -205,8 +202,7 @@ pub async fn job_list(
     filter: &JobFilter,
     limit: i64,
 ) -> Result<Vec<JobRow>, tokio_postgres::Error> {
-    let none = Vec::new();
-    let (clause, mut params) = filter.where_clause(&none);
+    let (clause, mut params) = filter.where_clause(&[]);
     params.push(&limit);
     let sql = format!(
         "SELECT id, queue, kind, state::text, priority, attempt, max_attempts, run_at,
@@ -325,8 +321,7 @@ pub async fn matching_ids(
     filter: &JobFilter,
     states: &[&str],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let states: Vec<String> = states.iter().map(|s| s.to_string()).collect();
-    let (clause, params) = filter.where_clause(&states);
+    let (clause, params) = filter.where_clause(states);
     let sql = format!("SELECT id FROM commitq.job_list{clause} ORDER BY id DESC");
     let rows = db.query(&sql, &params).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
