@@ -34,7 +34,12 @@ pub async fn run(client: &commitq::Client, json: bool) -> Result<(), CliError> {
         t.row(vec![
             s.queue.clone(),
             if s.paused { "paused" } else { "" }.into(),
-            s.available.to_string(),
+            // An estimate (a backlog past 10,000) reads "~".
+            if s.available_exact {
+                s.available.to_string()
+            } else {
+                format!("~{}", s.available)
+            },
             s.scheduled.to_string(),
             s.running.to_string(),
             s.blocked.to_string(),

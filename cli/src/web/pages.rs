@@ -93,6 +93,8 @@ struct QueueTotals {
     failed_last_hour: i64,
     discarded_last_hour: i64,
     max_latency: f64,
+    /// Some queue's available count is an estimate.
+    estimated: bool,
 }
 
 pub async fn overview(State(state): State<Shared>) -> Result<Html<String>, WebError> {
@@ -110,6 +112,7 @@ pub async fn overview(State(state): State<Shared>) -> Result<Html<String>, WebEr
         total.failed_last_hour += q.failed_last_hour;
         total.discarded_last_hour += q.discarded_last_hour;
         total.max_latency = total.max_latency.max(q.latency_seconds);
+        total.estimated |= !q.available_exact;
     }
     let page = Overview {
         layout: layout(&state, "Overview", "overview"),
