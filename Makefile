@@ -19,7 +19,7 @@ demo: setup
 	demo/run.sh
 
 ## Serve the web dashboard (commitq web) on the demo's database at
-## http://127.0.0.1:8080/: run it beside `make demo` and watch the queues drain.
+## http://127.0.0.1:8080/; run `make demo` in another terminal and watch its queues drain.
 web: setup
 	demo/web.sh
 
