@@ -1,7 +1,7 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
 # `make help` lists every target with the `##` comment above it.
 # PG_CONFIG=/path/to/pg_config points every target at another PostgreSQL.
-.PHONY: help setup demo test install package sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+.PHONY: help setup demo web test install package sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
 .DEFAULT_GOAL := help
 
 ## List the targets and what each does.
@@ -17,6 +17,11 @@ setup:
 ## Start the project-local cluster and play the races of background jobs, naive vs commitq.
 demo: setup
 	demo/run.sh
+
+## Serve the web dashboard (commitq web) on the demo's database at
+## http://127.0.0.1:8080/; run `make demo` in another terminal and watch its queues drain.
+web: setup
+	demo/web.sh
 
 ## Run every test layer: lint, #[pg_test], integration, isolation, short fault injection.
 test: setup

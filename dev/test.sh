@@ -2,7 +2,9 @@
 # Runs every test layer of commitq and exits non-zero if any failed:
 #   lint         cargo fmt --check, cargo clippy -D warnings
 #   pg_test      #[pg_test] functions inside one backend (cargo pgrx test)
-#   integration  tests/ crate: several real connections to the project cluster
+#   integration  tests/ crate: several real connections to the project cluster;
+#                cli/ crate: the commitq binary, its dashboard over HTTP and
+#                in headless chromium (chromedriver)
 #   isolation    pg_isolation_regress specs for interleavings
 #   stacks       the Python (psycopg 3) and Node (pg) examples in examples/,
 #                tested with pytest and node --test against the project cluster
@@ -61,7 +63,7 @@ install_and_start() {
 
 integration() {
     eval "$(dev/cluster.sh env)"
-    cargo test -p commitq -p commitq-tests
+    cargo test -p commitq -p commitq-tests -p commitq-cli
 }
 
 isolation() {

@@ -10,6 +10,7 @@
 //!     make bench-quick     # 20,000 jobs, 3 s, one round
 
 mod common;
+mod pages;
 mod report;
 mod systems;
 
@@ -74,6 +75,10 @@ struct Args {
     /// the older name).
     #[arg(long, alias = "no-readme")]
     no_tables: bool,
+    /// Time every page of `commitq web` on a database of this many jobs
+    /// (1,000,000 for the figures in docs/operations.md) and exit.
+    #[arg(long, value_name = "JOBS")]
+    bench_pages: Option<i64>,
     /// The cluster's port on 127.0.0.1 (`dev/cluster.sh`'s).
     #[arg(long, env = "COMMITQ_PGPORT", default_value_t = 54329)]
     port: u16,
@@ -260,6 +265,13 @@ async fn main() {
         port: args.port,
         user: "postgres".into(),
     };
+    if let Some(jobs) = args.bench_pages {
+        if let Err(e) = pages::run(&cluster, jobs).await {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.memory_probe {
         let db = System::Commitq(Commitq::Functions).database();
         match systems::commitq::memory_at(&cluster, &db, 100).await {
