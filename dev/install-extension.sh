@@ -12,6 +12,16 @@ mkdir -p "$root/target"
 log=$root/target/install-extension.log
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(--sudo)
+# cargo pgrx install overwrites the library in place, and a running server
+# that has it mapped (the engine launcher, every backend) then crashes with
+# SIGSEGV. Moving a copy over it first leaves the running processes their own
+# file and gives the overwrite a new one.
+lib="$("$PG_CONFIG" --pkglibdir)/pg_commitq.so"
+if [ -f "$lib" ]; then
+    as_root_cp=()
+    [ "$(id -u)" = 0 ] || as_root_cp=(sudo)
+    "${as_root_cp[@]}" cp -p "$lib" "$lib.new" && "${as_root_cp[@]}" mv -f "$lib.new" "$lib"
+fi
 if ! (cd "$root/extension" && cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo[@]}") >"$log" 2>&1; then
     cat "$log" >&2
     echo "installing the extension failed (log: $log)" >&2
