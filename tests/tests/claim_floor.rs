@@ -82,23 +82,24 @@ async fn with_vacuum_held_back_a_claim_starts_at_the_floor_and_crosses_few_entri
     let _holder = hold_vacuum(&db).await;
     drain(&c, 150).await;
     assert!(!floor(&c).await.is_empty(), "a floor is set");
-    // One more claim, so that the floor is fresh whenever the last one expired.
-    drain(&c, 1).await;
-    let (entries, claimed) = crossed(
-        &c,
-        "SELECT count(*) FROM commitq.claim('q', 'w', 100, '1 minute')",
-    )
-    .await;
-    assert_eq!(claimed, 100);
-    // From the start of the queue it would cross the 15,000 claimed jobs'
-    // entries; from the floor, the last claim's 100 and these 100.
-    assert!(entries < 1000, "crossed {entries} claim-index entries");
+    // From the start of the queue a claim crosses the 15,000 claimed jobs'
+    // entries; from the floor, the last claim's 100 and its own 100. A floor
+    // lasts a second, and a claim after it has expired crosses them all once
+    // and sets a new one: of three claims in a row one is from a floor unless
+    // the machine stalls for a second before each of them.
+    let mut least = i64::MAX;
+    for _ in 0..3 {
+        let (entries, claimed) = crossed(
+            &c,
+            "SELECT count(*) FROM commitq.claim('q', 'w', 100, '1 minute')",
+        )
+        .await;
+        assert_eq!(claimed, 100);
+        least = least.min(entries);
+    }
+    assert!(least < 1000, "crossed at least {least} claim-index entries");
 }
 
-/// Below the threshold (claims that cross fewer than 10,000 entries they
-/// cannot use) no floor is set: here at most the 5,000 claimed jobs' entries,
-/// whatever vacuum does meanwhile (an autovacuum ANALYZE also holds it back
-/// for its duration).
 #[tokio::test]
 async fn claims_that_cross_few_dead_entries_set_no_floor_and_keep_the_order_exact() {
     let db = TestDb::new("t_claim_floor_none").await;
