@@ -26,6 +26,9 @@ CREATE TABLE commitq.job_effects (
 
 SELECT pg_catalog.pg_extension_config_dump('commitq.job_effects', '');
 
+-- Pruning by age (maintain()): without it every call read the whole table.
+CREATE INDEX job_effects_created_at_idx ON commitq.job_effects (created_at);
+
 -- Before doing effect `effect` of a job: whether an earlier attempt already
 -- did it (with its recorded result), and the idempotency key to give the
 -- external API, the same for every attempt of this job.

@@ -1,7 +1,9 @@
 -- Housekeeping: call commitq.maintain() every few seconds from any number of
--- places (a worker loop, pg_cron). Every step takes its rows with SKIP LOCKED
--- and at most commitq.config.maintain_batch of them, so concurrent calls
--- split the work instead of waiting on each other.
+-- places (a worker loop, pg_cron, the engine). Every step takes its rows with
+-- SKIP LOCKED and at most commitq.config.maintain_batch of them (schedules: one
+-- evaluator per schedule, the others skip it), so concurrent calls split the
+-- work instead of waiting on each other, and one call never holds many locks
+-- or runs long; a backlog larger than a batch is worked off by the next calls.
 
 -- Rescue jobs whose lease expired (their worker died or stalled): retry them
 -- with backoff, or discard them after max_attempts, or cancel them if that
@@ -9,8 +11,11 @@
 -- scheduled jobs available, and blocked jobs whose key has a free slot
 -- (after a limit was raised); forget idle concurrency keys; prune finished jobs past
 -- commitq.config.finished_retention and idempotency keys past
--- commitq.config.idempotency_window; fire the due ticks of cron schedules
--- (sql/schedule.sql). Returns how many rows each step touched.
+-- commitq.config.idempotency_window, effects of jobs gone past
+-- finished_retention, and workers registered as waiting for 10 minutes; fire
+-- the due ticks of cron schedules and prune their old tick rows
+-- (sql/schedule.sql). Returns how many rows each step touched (not the
+-- pruned effects, waiting workers and ticks).
 CREATE FUNCTION commitq.maintain(
     OUT rescued bigint,
     OUT discarded bigint,
@@ -126,15 +131,29 @@ BEGIN
     SELECT k.promoted, k.pruned INTO unblocked, pruned_concurrency_keys
       FROM commitq._maintain_keys(c.maintain_batch) k;
 
-    -- Effects of jobs that are gone (completed and deleted, or pruned).
+    -- Effects of jobs that are gone (completed and deleted, or pruned), oldest
+    -- first by job_effects_created_at_idx.
     DELETE FROM commitq.job_effects e
-     WHERE e.created_at < now() - c.finished_retention
-       AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = e.job_id)
-       AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = e.job_id);
+     WHERE (e.job_id, e.effect) IN (
+            SELECT o.job_id, o.effect FROM commitq.job_effects o
+             WHERE o.created_at < now() - c.finished_retention
+               AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+               AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = o.job_id)
+             ORDER BY o.created_at
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
 
     -- A worker that stopped without claiming again stays registered as
-    -- waiting; forget it after a while (it only costs needless NOTIFYs).
-    DELETE FROM commitq.waiting_workers w WHERE w.since < now() - interval '10 minutes';
+    -- waiting; forget it after a while (it only costs needless NOTIFYs). No
+    -- index on `since`: the table holds a row per waiting worker, and every
+    -- empty claim rewrites `since`, an update that stays HOT only while no
+    -- index covers the column.
+    DELETE FROM commitq.waiting_workers w
+     WHERE (w.queue, w.worker) IN (
+            SELECT o.queue, o.worker FROM commitq.waiting_workers o
+             WHERE o.since < now() - interval '10 minutes'
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
 
     -- Outcome counters past the monitoring views' hour (monitoring.sql).
     PERFORM commitq._prune_counters(c.maintain_batch);

@@ -53,6 +53,9 @@ CREATE TABLE commitq.schedule_ticks (
     CONSTRAINT schedule_ticks_pkey PRIMARY KEY (schedule, tick)
 );
 
+-- Pruning by age (maintain()).
+CREATE INDEX schedule_ticks_fired_at_idx ON commitq.schedule_ticks (fired_at);
+
 SELECT pg_catalog.pg_extension_config_dump('commitq.cron_schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('commitq.schedule_ticks', '');
 
@@ -155,10 +158,14 @@ $$;
 
 -- maintain()'s part (and the tests', with an instant of their choosing):
 -- fire the due ticks of every schedule as of p_now. Returns how many jobs
--- were enqueued. Schedules are taken in name order and each one's ticks in
--- time order, so concurrent evaluators that wait on each other's tick rows
--- wait in one order. A schedule whose job cannot be enqueued (its queue's
--- rules changed) is reported with a warning and does not stop the others.
+-- were enqueued. Each schedule is evaluated under its row's lock, taken with
+-- SKIP LOCKED: a concurrent evaluator skips a schedule another one is
+-- evaluating (its ticks are that one's to fire) instead of waiting for its
+-- transaction to end; the tick's primary key still decides between
+-- evaluators that do not see each other's lock (one committed just before).
+-- Schedules are taken in name order and each one's ticks in time order. A
+-- schedule whose job cannot be enqueued (its queue's rules changed) is
+-- reported with a warning and does not stop the others.
 CREATE FUNCTION commitq._run_schedules(p_now timestamptz) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -172,7 +179,8 @@ DECLARE
     v_job bigint;
     v_count bigint := 0;
 BEGIN
-    FOR s IN SELECT * FROM commitq.cron_schedules x WHERE x.evaluated_until < p_now ORDER BY x.name LOOP
+    FOR s IN SELECT * FROM commitq.cron_schedules x WHERE x.evaluated_until < p_now ORDER BY x.name
+                FOR UPDATE SKIP LOCKED LOOP
         -- A paused schedule's ticks pass unfired: resuming it does not
         -- catch them up.
         v_ticks := CASE WHEN s.paused THEN '{}'
@@ -217,10 +225,16 @@ BEGIN
          WHERE x.name = s.name AND x.evaluated_until < p_now;
     END LOOP;
     -- Tick rows are kept as long as finished jobs, and the latest of each
-    -- schedule always (the view shows it, skip_while_running reads it).
+    -- schedule always (the view shows it, skip_while_running reads it); at
+    -- most maintain_batch a call, oldest first by schedule_ticks_fired_at_idx.
     DELETE FROM commitq.schedule_ticks t
-     WHERE t.fired_at < now() - (SELECT c.finished_retention FROM commitq.config c)
-       AND t.tick < (SELECT max(l.tick) FROM commitq.schedule_ticks l WHERE l.schedule = t.schedule);
+     WHERE (t.schedule, t.tick) IN (
+            SELECT o.schedule, o.tick FROM commitq.schedule_ticks o
+             WHERE o.fired_at < now() - (SELECT c.finished_retention FROM commitq.config c)
+               AND o.tick < (SELECT max(l.tick) FROM commitq.schedule_ticks l WHERE l.schedule = o.schedule)
+             ORDER BY o.fired_at
+             LIMIT (SELECT c.maintain_batch FROM commitq.config c)
+               FOR UPDATE SKIP LOCKED);
     RETURN v_count;
 END
 $$;

@@ -1802,3 +1802,436 @@ BEGIN
         'GRANT EXECUTE ON FUNCTION commitq.grant_reader(regrole), commitq.revoke_reader(regrole) TO %s', grantee);
 END
 $$;
+
+-- ===== 0.2.0: maintain() bounded in every step (sql/maintain.sql, sql/schedule.sql, sql/effect_ledger.sql) =====
+
+-- Pruning by age (maintain()): without it every call read the whole table.
+CREATE INDEX job_effects_created_at_idx ON commitq.job_effects (created_at);
+
+-- Pruning by age (maintain()).
+CREATE INDEX schedule_ticks_fired_at_idx ON commitq.schedule_ticks (fired_at);
+
+-- maintain()'s part (and the tests', with an instant of their choosing):
+-- fire the due ticks of every schedule as of p_now. Returns how many jobs
+-- were enqueued. Each schedule is evaluated under its row's lock, taken with
+-- SKIP LOCKED: a concurrent evaluator skips a schedule another one is
+-- evaluating (its ticks are that one's to fire) instead of waiting for its
+-- transaction to end; the tick's primary key still decides between
+-- evaluators that do not see each other's lock (one committed just before).
+-- Schedules are taken in name order and each one's ticks in time order. A
+-- schedule whose job cannot be enqueued (its queue's rules changed) is
+-- reported with a warning and does not stop the others.
+CREATE OR REPLACE FUNCTION commitq._run_schedules(p_now timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s commitq.cron_schedules;
+    v_ticks timestamptz[];
+    v_tick timestamptz;
+    v_last timestamptz;
+    v_prev bigint;
+    v_job bigint;
+    v_count bigint := 0;
+BEGIN
+    FOR s IN SELECT * FROM commitq.cron_schedules x WHERE x.evaluated_until < p_now ORDER BY x.name
+                FOR UPDATE SKIP LOCKED LOOP
+        -- A paused schedule's ticks pass unfired: resuming it does not
+        -- catch them up.
+        v_ticks := CASE WHEN s.paused THEN '{}'
+                        ELSE commitq._cron_due(s.cron, s.timezone, s.evaluated_until, p_now, s.backfill) END;
+        IF cardinality(v_ticks) > 0 THEN
+            v_last := v_ticks[cardinality(v_ticks)];
+            BEGIN
+                FOREACH v_tick IN ARRAY v_ticks LOOP
+                    -- The primary key decides who fires the tick.
+                    INSERT INTO commitq.schedule_ticks (schedule, tick, backfilled, outcome)
+                    VALUES (s.name, v_tick, v_tick < v_last, 'enqueued')
+                    ON CONFLICT DO NOTHING;
+                    CONTINUE WHEN NOT FOUND;
+                    IF s.skip_while_running THEN
+                        SELECT t.job_id INTO v_prev FROM commitq.schedule_ticks t
+                         WHERE t.schedule = s.name AND t.tick < v_tick AND t.job_id IS NOT NULL
+                         ORDER BY t.tick DESC LIMIT 1;
+                        IF EXISTS (SELECT 1 FROM commitq.jobs j WHERE j.id = v_prev) THEN
+                            UPDATE commitq.schedule_ticks t SET outcome = 'skipped_running'
+                             WHERE t.schedule = s.name AND t.tick = v_tick;
+                            CONTINUE;
+                        END IF;
+                    END IF;
+                    SELECT e.job_id INTO v_job
+                      FROM commitq.enqueue(s.queue, s.kind,
+                               s.args || jsonb_build_object('_schedule', jsonb_build_object(
+                                   'name', s.name,
+                                   'tick', to_char(v_tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                   'backfilled', v_tick < v_last)),
+                               s.priority, NULL, s.max_attempts, NULL, s.concurrency_key) e;
+                    UPDATE commitq.schedule_ticks t SET job_id = v_job
+                     WHERE t.schedule = s.name AND t.tick = v_tick;
+                    v_count := v_count + 1;
+                END LOOP;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'commitq: schedule % not evaluated, will retry: %', s.name, SQLERRM;
+                CONTINUE;
+            END;
+        END IF;
+        UPDATE commitq.cron_schedules x
+           SET evaluated_until = p_now, next_tick = commitq._cron_next(s.cron, s.timezone, p_now)
+         WHERE x.name = s.name AND x.evaluated_until < p_now;
+    END LOOP;
+    -- Tick rows are kept as long as finished jobs, and the latest of each
+    -- schedule always (the view shows it, skip_while_running reads it); at
+    -- most maintain_batch a call, oldest first by schedule_ticks_fired_at_idx.
+    DELETE FROM commitq.schedule_ticks t
+     WHERE (t.schedule, t.tick) IN (
+            SELECT o.schedule, o.tick FROM commitq.schedule_ticks o
+             WHERE o.fired_at < now() - (SELECT c.finished_retention FROM commitq.config c)
+               AND o.tick < (SELECT max(l.tick) FROM commitq.schedule_ticks l WHERE l.schedule = o.schedule)
+             ORDER BY o.fired_at
+             LIMIT (SELECT c.maintain_batch FROM commitq.config c)
+               FOR UPDATE SKIP LOCKED);
+    RETURN v_count;
+END
+$$;
+
+-- Rescue jobs whose lease expired (their worker died or stalled): retry them
+-- with backoff, or discard them after max_attempts, or cancel them if that
+-- was requested, giving back their concurrency keys' slots; make due
+-- scheduled jobs available, and blocked jobs whose key has a free slot
+-- (after a limit was raised); forget idle concurrency keys; prune finished jobs past
+-- commitq.config.finished_retention and idempotency keys past
+-- commitq.config.idempotency_window, effects of jobs gone past
+-- finished_retention, and workers registered as waiting for 10 minutes; fire
+-- the due ticks of cron schedules and prune their old tick rows
+-- (sql/schedule.sql). Returns how many rows each step touched (not the
+-- pruned effects, waiting workers and ticks).
+CREATE OR REPLACE FUNCTION commitq.maintain(
+    OUT rescued bigint,
+    OUT discarded bigint,
+    OUT promoted bigint,
+    OUT pruned_jobs bigint,
+    OUT pruned_keys bigint,
+    OUT unblocked bigint,
+    OUT pruned_concurrency_keys bigint,
+    OUT scheduled bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c commitq.config;
+    j commitq.jobs;
+    v_errors jsonb;
+    v_final commitq.job_state;
+    v_run_at timestamptz;
+    v_woken bigint;
+    v_released text[] := '{}';
+BEGIN
+    SELECT * INTO c FROM commitq.config;
+    rescued := 0;
+    discarded := 0;
+
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'running' AND x.lease_expires_at < clock_timestamp()
+         ORDER BY x.lease_expires_at
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_released := v_released || j.concurrency_key;
+        v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
+            format('lease expired at %s: worker %s stopped without completing or failing the job',
+                   j.lease_expires_at, j.worker));
+        IF j.cancel_requested OR j.attempt >= j.max_attempts THEN
+            v_final := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+            UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+            PERFORM commitq._move_to_finished(ARRAY[j.id], v_final);
+            discarded := discarded + 1;
+        ELSE
+            v_run_at := now() + commitq._backoff(j.attempt);
+            UPDATE commitq.jobs
+               SET state = 'scheduled', run_at = v_run_at, errors = v_errors, lease_expires_at = NULL
+             WHERE id = j.id;
+            PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
+            rescued := rescued + 1;
+        END IF;
+    END LOOP;
+    -- The slots of the rescued jobs' keys: their workers lost them with
+    -- their leases.
+    PERFORM commitq._release_keys(v_released);
+
+    -- Jobs gated on a transaction that aborted never run. A status of NULL
+    -- means the transaction is too old for Postgres to remember (its commit
+    -- log was truncated, after about two billion transactions): its job is
+    -- cancelled too, with the reason in its errors, for an operator to retry.
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'scheduled' AND x.after_xact IS NOT NULL
+           AND coalesce(pg_xact_status(x.after_xact), 'unknown') IN ('aborted', 'unknown')
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE commitq.jobs SET errors = commitq._push_error(j.errors, j.attempt, NULL,
+                   format('gating transaction %s %s', j.after_xact,
+                          coalesce(pg_xact_status(j.after_xact), 'is too old to know')))
+         WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        discarded := discarded + 1;
+    END LOOP;
+
+    WITH due AS (
+        UPDATE commitq.jobs u SET state = 'available'
+         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
+                         WHERE s.state = 'scheduled' AND s.run_at <= now()
+                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                         ORDER BY s.run_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING u.queue
+    ), woken AS (
+        SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
+    )
+    SELECT (SELECT count(*) FROM due), (SELECT count(*) FROM woken) INTO promoted, v_woken;
+
+    WITH gone AS (
+        DELETE FROM commitq.finished_jobs f
+         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
+                         WHERE o.finished_at < now() - c.finished_retention
+                         ORDER BY o.finished_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_jobs FROM gone;
+
+    WITH gone AS (
+        DELETE FROM commitq.idempotency_keys k
+         WHERE (k.queue, k.key) IN (
+                SELECT o.queue, o.key FROM commitq.idempotency_keys o
+                 WHERE o.created_at < now() - c.idempotency_window
+                   AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+                 ORDER BY o.created_at
+                 LIMIT c.maintain_batch
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_keys FROM gone;
+
+    SELECT k.promoted, k.pruned INTO unblocked, pruned_concurrency_keys
+      FROM commitq._maintain_keys(c.maintain_batch) k;
+
+    -- Effects of jobs that are gone (completed and deleted, or pruned), oldest
+    -- first by job_effects_created_at_idx.
+    DELETE FROM commitq.job_effects e
+     WHERE (e.job_id, e.effect) IN (
+            SELECT o.job_id, o.effect FROM commitq.job_effects o
+             WHERE o.created_at < now() - c.finished_retention
+               AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+               AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = o.job_id)
+             ORDER BY o.created_at
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
+
+    -- A worker that stopped without claiming again stays registered as
+    -- waiting; forget it after a while (it only costs needless NOTIFYs). No
+    -- index on `since`: the table holds a row per waiting worker, and every
+    -- empty claim rewrites `since`, an update that stays HOT only while no
+    -- index covers the column.
+    DELETE FROM commitq.waiting_workers w
+     WHERE (w.queue, w.worker) IN (
+            SELECT o.queue, o.worker FROM commitq.waiting_workers o
+             WHERE o.since < now() - interval '10 minutes'
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
+
+    -- Outcome counters past the monitoring views' hour (monitoring.sql).
+    PERFORM commitq._prune_counters(c.maintain_batch);
+
+    scheduled := commitq._run_schedules(now());
+END
+$$;
+
+-- ===== 0.2.0: claim floor while vacuum is held back (sql/claim.sql) =====
+
+-- Claim up to max_jobs due jobs of a queue, in priority, run_at, id order.
+-- Each claimed job gets a lease until now() + lease and a lease token larger
+-- than any earlier token of that job; pass both to complete/fail/heartbeat.
+CREATE OR REPLACE FUNCTION commitq.claim(
+    queue text,
+    worker text,
+    max_jobs integer DEFAULT 1,
+    lease interval DEFAULT '5 minutes')
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Plan once per session: the default re-plans these statements on every
+-- call for a while, which cost more than running them (measured: claim of 4
+-- jobs 0.48 ms -> 0.30 ms).
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_claimed commitq.claimed_job[];
+    v_picked integer;
+    v_keyed_ids bigint[];
+    v_keyed_keys text[];
+    v_got integer := 0;
+    v_keyed integer;
+    -- The session's claim floor (see below): until (microseconds since the
+    -- epoch, clock time), queue, priority, run_at (microseconds), id.
+    v_floor text[] := pg_catalog.string_to_array(pg_catalog.current_setting('commitq.claim_floor', true), '|');
+    v_now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    v_until bigint;
+    v_fp smallint := -32768;
+    v_fr timestamptz := '-infinity';
+    v_fi bigint := -9223372036854775807;
+    v_first_p smallint;
+    v_first_r timestamptz;
+    v_first_i bigint;
+    v_crossed bigint;
+BEGIN
+    PERFORM commitq._check(coalesce(
+        commitq._queue_problem(claim.queue),
+        commitq._worker_lease_problem(claim.worker, claim.lease),
+        CASE WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
+            THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))
+        END));
+
+    -- Scheduled jobs that have come due become available. SKIP LOCKED: a row
+    -- another claimer is promoting right now is theirs to promote.
+    UPDATE commitq.jobs j
+       SET state = 'available'
+     WHERE j.id IN (SELECT s.id FROM commitq.jobs s
+                     WHERE s.state = 'scheduled' AND s.run_at <= now() AND s.queue = claim.queue
+                       AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                     ORDER BY s.run_at
+                     LIMIT 1000
+                       FOR UPDATE SKIP LOCKED);
+
+    -- The claim floor. While a transaction older than the queue's recent
+    -- claims stays open, vacuum may not remove the claim-index entries of
+    -- claimed and finished jobs, and a pick from the start of the queue
+    -- visits each of them and its heap row (measured with a transaction held
+    -- open: a claim of 100 after 70,000 claims crossed 70,100 entries). A
+    -- session whose full pick crossed more than 10,000 entries beyond those
+    -- it returned starts its next picks of that queue at the first job that
+    -- pick claimed, its floor, kept in the session setting
+    -- commitq.claim_floor, for one second; then, or as soon as a pick from
+    -- the floor comes back short (same call), it picks from the start again.
+    -- A job that becomes available below a floor (a higher priority, an older
+    -- run_at) is so claimed at most a second late, and only while vacuum is
+    -- held back (a long transaction; also a long ANALYZE, for its duration):
+    -- otherwise no floor is ever set and the order is exact. The
+    -- setting affects only the session's own claims; one that does not parse
+    -- or lies more than a second ahead is ignored.
+    IF pg_catalog.array_to_string(v_floor, '|')
+           ~ '^[0-9]{1,17}\|[a-z0-9_.-]+\|-?[0-9]{1,5}\|-?[0-9]{1,17}\|-?[0-9]{1,18}$'
+       AND v_floor[2] = claim.queue
+       AND v_floor[1]::bigint BETWEEN v_now_us AND v_now_us + 1000000
+       AND v_floor[3]::integer BETWEEN -32768 AND 32767 THEN
+        v_until := v_floor[1]::bigint;
+        v_fp := v_floor[3]::smallint;
+        v_fr := timestamptz 'epoch' + v_floor[4]::bigint * interval '1 microsecond';
+        v_fi := v_floor[5]::bigint;
+    END IF;
+
+    FOR v_pass IN 1..2 LOOP
+        v_crossed := pg_stat_get_xact_tuples_returned('commitq.jobs_claim_idx'::regclass);
+        -- One statement claims the jobs without a concurrency key among the
+        -- next max_jobs in claim order. Keyed ones among them stay locked by us
+        -- and go to _claim_keyed (concurrency_keys.sql), which also needs a slot of
+        -- their key.
+        WITH picked AS (
+            -- A job handed its key's slot already holds it: it is claimed like
+            -- a job without a key.
+            SELECT c.id, CASE WHEN NOT c.slot_held THEN c.concurrency_key END AS ck,
+                   c.priority, c.run_at FROM commitq.jobs c
+             WHERE c.queue = claim.queue AND c.state = 'available'
+               AND (c.priority, c.run_at, c.id) >= (v_fp, v_fr, v_fi)
+               -- A paused queue hands out nothing (pause.sql). Tested in this
+               -- statement, under the snapshot that picks the jobs.
+               AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = claim.queue)
+             ORDER BY c.priority, c.run_at, c.id
+             LIMIT claim.max_jobs - coalesce(v_picked, 0)
+               FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            -- The same SET list is written out in _claim_keyed and in
+            -- _promote_blocked's take path (concurrency_keys.sql); a test
+            -- (every_claim_path_writes_the_same_bookkeeping) checks they agree.
+            UPDATE commitq.jobs j
+               SET state = 'running',
+                   attempt = j.attempt + 1,
+                   lease_token = j.lease_token + 1,
+                   lease_expires_at = now() + claim.lease,
+                   lease_interval = claim.lease,
+                   worker = claim.worker,
+                   claimed_at = now(),
+                   slot_held = false
+             -- `= ANY (ARRAY(...))`: an index lookup in any plan, where a join
+             -- could be planned as a scan of the whole table (the plan is made
+             -- once, not knowing how many jobs a call wants).
+             WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked WHERE picked.ck IS NULL))
+            RETURNING commitq._claimed_row(j) AS r
+        )
+        SELECT v_claimed || (SELECT array_agg(claimed.r) FROM claimed),
+               coalesce(v_picked, 0) + (SELECT count(*) FROM picked),
+               v_keyed_ids || (SELECT array_agg(picked.id ORDER BY picked.priority, picked.run_at, picked.id)
+                  FROM picked WHERE picked.ck IS NOT NULL),
+               v_keyed_keys || (SELECT array_agg(picked.ck ORDER BY picked.priority, picked.run_at, picked.id)
+                  FROM picked WHERE picked.ck IS NOT NULL),
+               f.priority, f.run_at, f.id
+          INTO v_claimed, v_picked, v_keyed_ids, v_keyed_keys, v_first_p, v_first_r, v_first_i
+          FROM (SELECT 1) one
+          LEFT JOIN LATERAL (SELECT picked.priority, picked.run_at, picked.id FROM picked
+                              ORDER BY picked.priority, picked.run_at, picked.id LIMIT 1) f ON true;
+        v_crossed := pg_stat_get_xact_tuples_returned('commitq.jobs_claim_idx'::regclass) - v_crossed;
+
+        IF v_until IS NULL THEN
+            -- A full pick: set a floor when it crossed many entries it could
+            -- not use (with track_counts off the count stays 0: no floor).
+            IF v_crossed - v_picked > 10000 AND v_first_i IS NOT NULL THEN
+                PERFORM pg_catalog.set_config('commitq.claim_floor', pg_catalog.format('%s|%s|%s|%s|%s',
+                    v_now_us + 1000000, claim.queue, v_first_p,
+                    (extract(epoch FROM v_first_r) * 1000000)::bigint, v_first_i), false);
+            ELSIF v_floor IS NOT NULL AND v_floor <> '{}' THEN
+                PERFORM pg_catalog.set_config('commitq.claim_floor', '', false);
+            END IF;
+            EXIT;
+        ELSIF v_picked = claim.max_jobs THEN
+            -- A floor pick that found max_jobs: the floor moves up to the
+            -- first of them.
+            PERFORM pg_catalog.set_config('commitq.claim_floor', pg_catalog.format('%s|%s|%s|%s|%s',
+                v_until, claim.queue, v_first_p,
+                (extract(epoch FROM v_first_r) * 1000000)::bigint, v_first_i), false);
+            EXIT;
+        END IF;
+        -- A floor pick that came back short: jobs may wait below the floor.
+        v_until := NULL;
+        v_fp := -32768;
+        v_fr := '-infinity';
+        v_fi := -9223372036854775807;
+    END LOOP;
+
+    IF v_claimed IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM unnest(v_claimed);
+        v_got := cardinality(v_claimed);
+    END IF;
+    IF v_keyed_ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM commitq._claim_keyed(
+            claim.queue, claim.worker, claim.lease, v_keyed_ids, v_keyed_keys,
+            -- room left in the batch, and whether the queue may hold more
+            claim.max_jobs - v_got, v_picked = claim.max_jobs);
+        GET DIAGNOSTICS v_keyed = ROW_COUNT;
+        v_got := v_got + v_keyed;
+    END IF;
+
+    -- A claim that found nothing registers the worker as waiting, so that
+    -- enqueues to this queue send it a NOTIFY; one that found work clears it.
+    IF v_got > 0 THEN
+        DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
+    ELSE
+        INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
+        ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
+    END IF;
+END
+$$;
