@@ -97,9 +97,9 @@ def code(stmt):
 
 def function_head(stmt):
     """(name, normalized argument list, normalized RETURNS) of a CREATE
-    FUNCTION, or None."""
+    FUNCTION or PROCEDURE (RETURNS empty), or None."""
     body = code(stmt)
-    m = re.match(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)\s*\(", body, re.I)
+    m = re.match(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\s+([\w.]+)\s*\(", body, re.I)
     if not m:
         return None
     depth, i = 1, m.end()
@@ -193,7 +193,7 @@ for name in order:
         if is_c(s):
             head = function_head(s)
             if head is None:
-                fail(f"sql/{name}: a LANGUAGE c statement that is not CREATE FUNCTION")
+                fail(f"sql/{name}: a LANGUAGE c statement that is not CREATE FUNCTION or PROCEDURE")
             if head[0] in UNAVAILABLE:
                 if head[0] in equivalents:
                     fail(f"{head[0]} is both unavailable and defined in sql/sql-only/")

@@ -207,10 +207,14 @@ BEGIN
     END IF;
 
     -- A claim that found nothing registers the worker as waiting, so that
-    -- enqueues to this queue send it a NOTIFY; one that found work clears it.
+    -- enqueues to this queue send it a NOTIFY, but only when this session
+    -- LISTENs on the queue's channel: a polling worker, or one waiting in
+    -- commitq.claim_wait, would make every producer pay a NOTIFY for
+    -- nothing. (A worker that LISTENs on another connection calls
+    -- commitq.start_waiting.) A claim that found work clears it.
     IF v_got > 0 THEN
         DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
-    ELSE
+    ELSIF 'commitq:' || claim.queue IN (SELECT pg_listening_channels()) THEN
         INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
         ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
     END IF;

@@ -106,6 +106,9 @@ BEGIN
     IF v_wake THEN
         PERFORM pg_notify('commitq:' || _enqueue_keyed.queue, '');
     END IF;
+    IF v_run_at <= now() AND NOT v_gated THEN
+        PERFORM commitq._wake_at_commit(_enqueue_keyed.queue);
+    END IF;
 END
 $$;
 

@@ -148,8 +148,9 @@ CREATE TABLE commitq.idempotency_keys (
 -- commit until the commit is flushed, so notifying transactions commit one
 -- at a time and lose group commit (measured: single-job enqueue throughput
 -- halves). A worker that is busy claiming needs no wake-up; a worker whose
--- claim came back empty is registered here by commitq.claim() and removed by
--- its next successful claim. Unlogged: it is soft state, rebuilt by the next
+-- claim came back empty is registered here by commitq.claim() (when its
+-- session LISTENs on the queue's channel) or commitq.start_waiting(), and
+-- removed by its next successful claim. Unlogged: it is soft state, rebuilt by the next
 -- empty claim after a crash, and writing it costs no WAL.
 CREATE UNLOGGED TABLE commitq.waiting_workers (
     queue   text NOT NULL,

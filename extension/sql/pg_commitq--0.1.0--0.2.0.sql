@@ -53,6 +53,10 @@ AS $$
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_take(bigint[], bigint[], text, interval)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.stop_waiting(text, text)'),
+        -- The waiting claim (sql/claim_wait.sql, sql/wakeup.sql).
+        ('worker', 'EXECUTE', 'PROCEDURE commitq.claim_wait(text, text, integer, interval, interval, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.start_waiting(text, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.wait_supported()'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.fail(bigint, bigint, text, interval, boolean)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.heartbeat(bigint, bigint, interval)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.snooze(bigint, bigint, interval)'),
@@ -144,7 +148,8 @@ BEGIN
         IF EXISTS (SELECT FROM commitq._role_privileges() r, pg_catalog.pg_proc f,
                           pg_catalog.aclexplode(f.proacl) a
                     WHERE r.kind = v_kind AND r.privilege = 'EXECUTE'
-                      AND f.oid = pg_catalog.substr(r.object, 10)::regprocedure
+                      -- 'FUNCTION f(...)' or 'PROCEDURE p(...)'
+                      AND f.oid = pg_catalog.substr(r.object, pg_catalog.strpos(r.object, ' ') + 1)::regprocedure
                       AND a.grantee = p_role AND a.privilege_type = 'EXECUTE') THEN
             PERFORM commitq._grant_in_database(p_role, v_kind, true);
         END IF;

@@ -142,6 +142,10 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
         }
         params[RUN_AT] = Some(run_at);
         let (job_id, wake) = run(&INSERT_PLAN, INSERT, &params);
+        // Waiting claims: a slot number kept in memory until commit.
+        if run_at.value() as i64 <= pg_sys::GetCurrentTransactionStartTimestamp() {
+            crate::wait_slots::wake_at_commit(queue.unwrap_or_default().as_bytes());
+        }
         if wake {
             let channel = format!("commitq:{}", queue.unwrap_or_default());
             pgrx::direct_function_call::<()>(

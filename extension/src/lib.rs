@@ -7,17 +7,21 @@
 //! every claim and completion (`checks`, applying the rules of `rules`), and
 //! the single-job `commitq.enqueue` (`enqueue`), the call every producer
 //! makes. `errors` raises commitq's own SQLSTATE from Rust. `engine` runs
-//! maintain in every database when the library is preloaded.
+//! maintain in every database when the library is preloaded. `wait_slots`
+//! wakes waiting claims at commit through shared memory, and `claim_wait`
+//! is the waiting claim.
 
 use pgrx::prelude::*;
 
 mod checks;
+mod claim_wait;
 mod cron;
 mod engine;
 mod enqueue;
 mod errors;
 mod rules;
 mod settings;
+mod wait_slots;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -26,6 +30,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::define();
     engine::define_settings();
     engine::init();
+    wait_slots::init();
 }
 
 // The SQL files, in the order the install script runs them. A file comes
@@ -62,6 +67,11 @@ extension_sql_file!(
     "../../sql/claim.sql",
     name = "claim",
     requires = ["enqueue", "wakeup"]
+);
+extension_sql_file!(
+    "../../sql/claim_wait.sql",
+    name = "claim_wait",
+    requires = ["claim"]
 );
 extension_sql_file!(
     "../../sql/concurrency_keys.sql",
