@@ -511,3 +511,74 @@ pub(crate) async fn live_jobs(client: &impl GenericClient, queue: &str) -> Resul
         .await?;
     Ok(row.get(0))
 }
+
+/// `commitq.wait_supported()`: whether the server wakes waiting claims at
+/// commit (pg_commitq preloaded). False for an extension without the
+/// function (before 0.2.0).
+pub(crate) async fn wait_supported(client: &impl GenericClient) -> Result<bool, Error> {
+    match client
+        .query_one("SELECT commitq.wait_supported()", &[])
+        .await
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `CALL commitq.claim_wait`: up to `limit` jobs of `queue`, waiting up to
+/// `wait` for a commit that makes one available. Must run outside a
+/// transaction (it commits between claims).
+pub(crate) async fn claim_wait(
+    client: &impl GenericClient,
+    queue: &str,
+    worker: &str,
+    limit: usize,
+    lease: Duration,
+    wait: Duration,
+) -> Result<Vec<ClaimedRow>, Error> {
+    let row = client
+        .query_one(
+            "CALL commitq.claim_wait($1, $2, $3, make_interval(secs => $4), make_interval(secs => $5))",
+            &[
+                &queue,
+                &worker,
+                &(limit as i32),
+                &lease.as_secs_f64(),
+                &wait.as_secs_f64(),
+            ],
+        )
+        .await?;
+    let jobs: Value = row.get(0);
+    let field = |j: &Value, k: &str| j.get(k).cloned().unwrap_or(Value::Null);
+    Ok(jobs
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|j| ClaimedRow {
+            job_id: field(j, "job_id").as_i64().unwrap_or_default(),
+            queue: field(j, "queue").as_str().unwrap_or_default().to_string(),
+            kind: field(j, "kind").as_str().unwrap_or_default().to_string(),
+            args: field(j, "args"),
+            attempt: field(j, "attempt").as_i64().unwrap_or_default() as i32,
+            lease_token: field(j, "lease_token").as_i64().unwrap_or_default(),
+            keyed: !field(j, "concurrency_key").is_null(),
+        })
+        .collect())
+}
+
+/// `commitq.start_waiting`: have enqueues NOTIFY this worker, which LISTENs
+/// on another connection than the one it claims on.
+pub(crate) async fn start_waiting(
+    client: &impl GenericClient,
+    queue: &str,
+    worker: &str,
+) -> Result<(), Error> {
+    client
+        .execute("SELECT commitq.start_waiting($1, $2)", &[&queue, &worker])
+        .await?;
+    Ok(())
+}

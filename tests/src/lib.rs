@@ -363,14 +363,19 @@ pub fn recording_pool(client: &commitq::Client) -> commitq::WorkerPool {
         .build()
 }
 
-/// How many workers are registered as waiting on `queue`: a claim that found
-/// the queue empty registers its worker (so enqueues send it a NOTIFY), and
-/// one that found work clears it. A test that needs "the pool looked and
-/// found nothing" waits for this instead of sleeping.
+/// How many workers wait on `queue`: those registered for a NOTIFY (a claim
+/// that found the queue empty in a session that LISTENs, or
+/// commitq.start_waiting; one that found work clears it), plus the sessions
+/// of this database asleep in `CALL commitq.claim_wait` (of any queue: a
+/// parameterized CALL does not show its queue). A test that needs "the pool
+/// looked and found nothing" waits for this instead of sleeping.
 pub async fn waiting_on(db: &impl Sql, queue: &str) -> i64 {
     scalar_with(
         db,
-        "SELECT count(*) FROM commitq.waiting_workers WHERE queue = $1",
+        "SELECT (SELECT count(*) FROM commitq.waiting_workers WHERE queue = $1)
+              + (SELECT count(*) FROM pg_catalog.pg_stat_activity
+                  WHERE datname = pg_catalog.current_database() AND wait_event_type = 'Extension'
+                    AND query LIKE 'CALL commitq.claim_wait%')",
         &[&queue],
     )
     .await

@@ -19,6 +19,7 @@ mod heartbeat;
 mod maintainer;
 mod notifier;
 mod producer;
+mod waiter;
 
 use std::collections::HashMap;
 use std::future::Future;

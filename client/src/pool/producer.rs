@@ -15,6 +15,7 @@ use crate::{driver, Error};
 
 use super::builder::{AUTO_BATCH, AUTO_PREFETCH};
 use super::executor::run_job;
+use super::waiter::{Waited, Waiter};
 use super::{Claimed, Shared, WorkerPoolBuilder};
 
 /// How long a claim loop waits for more free slots before claiming for the
@@ -187,6 +188,7 @@ pub(super) async fn claim_loop(
     // slots, the pool without a local queue drained at 15% of the same
     // pool with one, in one run).
     let worth_it = || all.handlers + adapt.prefetch_now() >= (index + 1) * batch.div_ceil(2);
+    let mut waiter = Waiter::default();
     loop {
         while helper && !(adapt.backlog.load(Ordering::SeqCst) && worth_it()) {
             let seen = adapt.backlog_seen.notified();
@@ -237,7 +239,7 @@ pub(super) async fn claim_loop(
         }
         let asked = permits.len();
         let sent = Instant::now();
-        let claimed = match claim(cfg, &queue, asked).await {
+        let mut claimed = match claim(cfg, &queue, asked).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(queue = %queue, error = %e, "claim failed; retrying");
@@ -257,9 +259,16 @@ pub(super) async fn claim_loop(
             continue;
         }
         if claimed.is_empty() {
-            drop(permits);
-            wait_for_work(&shared, &wake, cfg.poll_interval).await;
-            continue;
+            // Waits in the database when it can (waiter.rs), else below.
+            match waiter.wait(&shared, &queue, permits.len()).await {
+                Waited::Claimed(jobs) => claimed = jobs,
+                Waited::Nothing => continue,
+                Waited::Listen => {
+                    drop(permits);
+                    wait_for_work(&shared, &wake, cfg.poll_interval).await;
+                    continue;
+                }
+            }
         }
         for job in &claimed {
             cfg.metrics.add_claimed(&job.queue, &job.kind);

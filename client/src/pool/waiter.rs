@@ -1,0 +1,103 @@
+//! How a claim loop waits once its queue is empty.
+//!
+//! With pg_commitq preloaded (`commitq.wait_supported()`), it waits in the
+//! database: `CALL commitq.claim_wait` claims the first jobs committed to
+//! the queue, woken at their commit through shared memory, with no LISTEN
+//! connection, no NOTIFY cost for producers, and no snapshot held while it
+//! waits. Each call waits at most the pool's poll interval, so scheduled
+//! jobs whose time came without a wake-up are still found, and a stopping
+//! pool cancels the call.
+//!
+//! Otherwise the pool's LISTEN connection (notifier.rs) wakes the loop. That
+//! connection is not the one claims run on, and a claim registers its worker
+//! for NOTIFYs only in a session that LISTENs itself: so the loop registers
+//! with `commitq.start_waiting` and claims once more, since a job committed
+//! between the empty claim and the registration sent no NOTIFY.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tracing::warn;
+
+use crate::{driver, tls, Error};
+
+use super::{Claimed, Shared};
+
+/// What the wait brought.
+pub(super) enum Waited {
+    /// Jobs claimed during the wait.
+    Claimed(Vec<Claimed>),
+    /// The wait ran its full length in the database and found nothing:
+    /// claim again at once.
+    Nothing,
+    /// No waiting claim here (or it failed): wait for a NOTIFY or the poll
+    /// interval, as before.
+    Listen,
+}
+
+/// One per claim loop: whether the server has the waiting claim, asked once.
+#[derive(Default)]
+pub(super) struct Waiter {
+    supported: Option<bool>,
+}
+
+impl Waiter {
+    /// After an empty claim of `n` jobs of `queue`.
+    pub(super) async fn wait(&mut self, shared: &Shared, queue: &str, n: usize) -> Waited {
+        match self.try_wait(shared, queue, n).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(queue = %queue, error = %e, "waiting claim failed; polling");
+                Waited::Listen
+            }
+        }
+    }
+
+    async fn try_wait(&mut self, shared: &Shared, queue: &str, n: usize) -> Result<Waited, Error> {
+        let cfg = &shared.cfg;
+        let conn = cfg.client.pool().get().await?;
+        let supported = match self.supported {
+            Some(s) => s,
+            None => *self
+                .supported
+                .insert(driver::wait_supported(&**conn).await?),
+        };
+        if !supported {
+            driver::start_waiting(&**conn, queue, &cfg.worker_id).await?;
+            let rows = driver::claim(&**conn, queue, &cfg.worker_id, n, cfg.lease).await?;
+            return Ok(claimed(rows).map_or(Waited::Listen, Waited::Claimed));
+        }
+        let call = driver::claim_wait(
+            &**conn,
+            queue,
+            &cfg.worker_id,
+            n,
+            cfg.lease,
+            // The procedure's limit.
+            cfg.poll_interval.min(Duration::from_secs(86_400)),
+        );
+        tokio::pin!(call);
+        let rows = tokio::select! {
+            r = &mut call => r,
+            _ = shared.stopping.cancelled() => {
+                // Cancel the wait, then take its answer: jobs it claimed
+                // just before are run, not left to their lease.
+                if let Some((_, tls)) = cfg.client.url().and_then(|u| tls::configure(u).ok()) {
+                    let _ = conn.cancel_token().cancel_query(tls).await;
+                }
+                call.await
+            }
+        };
+        match rows {
+            Ok(rows) => Ok(claimed(rows).map_or(Waited::Nothing, Waited::Claimed)),
+            Err(_) if shared.stopping.is_cancelled() => Ok(Waited::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn claimed(rows: Vec<driver::ClaimedRow>) -> Option<Vec<Claimed>> {
+    let at = Instant::now();
+    (!rows.is_empty()).then(|| rows.into_iter().map(|r| Claimed::new(r, at)).collect())
+}
