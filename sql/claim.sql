@@ -88,6 +88,10 @@ BEGIN
                      ORDER BY s.run_at
                      LIMIT 1000
                        FOR UPDATE SKIP LOCKED);
+    -- Others waiting on the queue may take what this claim leaves.
+    IF FOUND THEN
+        PERFORM commitq._wake(claim.queue);
+    END IF;
 
     -- The claim floor. While a transaction older than the queue's recent
     -- claims stays open, vacuum may not remove the claim-index entries of
