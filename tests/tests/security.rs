@@ -52,6 +52,22 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         "SELECT commitq.stop_waiting('q', 'w')",
     ),
     (
+        "start_waiting",
+        &["worker"],
+        "SELECT commitq.start_waiting('q', 'w')",
+    ),
+    // The waiting claim, a procedure (sql/claim_wait.sql).
+    (
+        "claim_wait",
+        &["worker"],
+        "CALL commitq.claim_wait('q', 'w', 1, '1 minute', '0 seconds')",
+    ),
+    (
+        "wait_supported",
+        &["worker"],
+        "SELECT commitq.wait_supported()",
+    ),
+    (
         "fail",
         &["worker"],
         "SELECT * FROM commitq.fail(1, 1, 'boom')",

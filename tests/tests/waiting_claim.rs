@@ -530,3 +530,57 @@ async fn without_the_preload_line_the_wait_polls() {
     let id = one_id(&admin, "SELECT job_id FROM commitq.enqueue('q', 'k')").await;
     assert_eq!(woken(w, "poll").await, vec![id]);
 }
+
+/// A worker pool whose client has no LISTEN connection (made from a pool of
+/// its own) and polls once an hour still runs a job at once: its claim loop
+/// waits in claim_wait, and nothing registers it for a NOTIFY.
+#[tokio::test]
+async fn a_worker_pool_is_woken_at_commit_without_listen() {
+    use commitq::{Outcome, WorkerPool};
+    use commitq_tests::{record, scalar, start_pool, Record, EFFECTS, INSERT_EFFECT};
+    let db = TestDb::new("t_wait_pool").await;
+    let admin = db.connect().await;
+    admin.batch_execute(EFFECTS).await.unwrap();
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    let pg_pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(8)
+        .build()
+        .unwrap();
+    let client = commitq::Client::from_pool(pg_pool).await.unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .poll_interval(Duration::from_secs(3600))
+        .handle(|ctx, job: Record| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let running = start_pool(pool);
+    until_asleep(&admin, 1).await;
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    assert_eq!(scalar(&admin, listening).await, 0);
+    for n in 1..=3 {
+        client.enqueue(&record(n, "woken")).await.unwrap();
+        let what = format!("job {n} to run");
+        wait_until(&what, WOKEN_WITHIN, async || {
+            scalar(&admin, "SELECT count(*) FROM public.effects").await == n
+        })
+        .await;
+    }
+    assert_eq!(
+        scalar(&admin, "SELECT count(*) FROM commitq.waiting_workers").await,
+        0
+    );
+    // A stopping pool cancels its wait instead of sitting out the hour.
+    let started = Instant::now();
+    running.stop().await;
+    assert!(
+        started.elapsed() < WOKEN_WITHIN,
+        "stop took {:?}",
+        started.elapsed()
+    );
+}

@@ -131,3 +131,71 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     enqueue_and_see_it_run(2, "after").await;
     running.stop().await;
 }
+
+/// A worker that polls (its session does not LISTEN on the queue's channel)
+/// is not registered by an empty claim, so producers send no NOTIFY for it;
+/// one that LISTENs in the session that claims is, and one that LISTENs on
+/// another connection registers with commitq.start_waiting.
+#[tokio::test]
+async fn a_polling_worker_makes_enqueues_send_no_notify() {
+    use tokio::time::timeout;
+    let db = TestDb::new("t_wakeup_poller").await;
+    let producer = db.connect().await;
+    let poller = db.connect().await;
+    // A bystander that hears every NOTIFY of the channel, and claims nothing.
+    let (ear, mut notes) = commitq_tests::connect_listening(&db.url).await;
+    ear.batch_execute("LISTEN \"commitq:mail\"").await.unwrap();
+    let quiet = Duration::from_millis(300);
+    let empty = "SELECT 1 FROM commitq.claim('mail', 'poller', 10)";
+
+    assert!(poller.query(empty, &[]).await.unwrap().is_empty());
+    assert_eq!(waiting_on(&producer, "mail").await, 0);
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    assert!(
+        timeout(quiet, notes.recv()).await.is_err(),
+        "NOTIFY for a poller"
+    );
+    producer
+        .batch_execute("DELETE FROM commitq.jobs")
+        .await
+        .unwrap();
+
+    // The same claim in a session that LISTENs registers it: now it is sent.
+    poller
+        .batch_execute("LISTEN \"commitq:mail\"")
+        .await
+        .unwrap();
+    assert!(poller.query(empty, &[]).await.unwrap().is_empty());
+    assert_eq!(waiting_on(&producer, "mail").await, 1);
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    let note = timeout(Duration::from_secs(5), notes.recv()).await;
+    assert!(
+        matches!(note, Ok(Some(_))),
+        "no NOTIFY for a listening worker"
+    );
+    producer
+        .batch_execute("DELETE FROM commitq.jobs; DELETE FROM commitq.waiting_workers")
+        .await
+        .unwrap();
+
+    // LISTEN elsewhere: start_waiting registers the worker.
+    poller.batch_execute("UNLISTEN *").await.unwrap();
+    assert!(poller.query(empty, &[]).await.unwrap().is_empty());
+    assert_eq!(waiting_on(&producer, "mail").await, 0);
+    poller
+        .batch_execute("SELECT commitq.start_waiting('mail', 'poller')")
+        .await
+        .unwrap();
+    producer
+        .batch_execute("SELECT commitq.enqueue('mail', 'k')")
+        .await
+        .unwrap();
+    let note = timeout(Duration::from_secs(5), notes.recv()).await;
+    assert!(matches!(note, Ok(Some(_))), "no NOTIFY after start_waiting");
+}

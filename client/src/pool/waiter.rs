@@ -83,8 +83,12 @@ impl Waiter {
             _ = shared.stopping.cancelled() => {
                 // Cancel the wait, then take its answer: jobs it claimed
                 // just before are run, not left to their lease.
-                if let Some((_, tls)) = cfg.client.url().and_then(|u| tls::configure(u).ok()) {
-                    let _ = conn.cancel_token().cancel_query(tls).await;
+                // The pool's TLS settings when its URL is known, else none
+                // (a server that insists on TLS then lets the wait run out).
+                let cancel = conn.cancel_token();
+                match cfg.client.url().and_then(|u| tls::configure(u).ok()) {
+                    Some((_, tls)) => drop(cancel.cancel_query(tls).await),
+                    None => drop(cancel.cancel_query(tokio_postgres::NoTls).await),
                 }
                 call.await
             }
