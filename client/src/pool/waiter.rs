@@ -24,6 +24,10 @@ use crate::{driver, tls, Error};
 
 use super::{Claimed, Shared};
 
+/// How long a stopping pool waits for its cancelled wait to end before
+/// cancelling again.
+const CANCEL_AGAIN: Duration = Duration::from_millis(200);
+
 /// What the wait brought.
 pub(super) enum Waited {
     /// Jobs claimed during the wait.
@@ -68,6 +72,9 @@ impl Waiter {
             let rows = driver::claim(&**conn, queue, &cfg.worker_id, n, cfg.lease).await?;
             return Ok(claimed(rows).map_or(Waited::Listen, Waited::Claimed));
         }
+        if shared.stopping.is_cancelled() {
+            return Ok(Waited::Nothing);
+        }
         let call = driver::claim_wait(
             &**conn,
             queue,
@@ -79,18 +86,23 @@ impl Waiter {
         );
         tokio::pin!(call);
         let rows = tokio::select! {
+            biased;
             r = &mut call => r,
-            _ = shared.stopping.cancelled() => {
+            _ = shared.stopping.cancelled() => loop {
                 // Cancel the wait, then take its answer: jobs it claimed
-                // just before are run, not left to their lease.
+                // just before are run, not left to their lease. Again until
+                // it ends: a cancel that reaches the server before the CALL
+                // does cancels nothing.
+                let cancel = conn.cancel_token();
                 // The pool's TLS settings when its URL is known, else none
                 // (a server that insists on TLS then lets the wait run out).
-                let cancel = conn.cancel_token();
                 match cfg.client.url().and_then(|u| tls::configure(u).ok()) {
                     Some((_, tls)) => drop(cancel.cancel_query(tls).await),
                     None => drop(cancel.cancel_query(tokio_postgres::NoTls).await),
                 }
-                call.await
+                if let Ok(r) = tokio::time::timeout(CANCEL_AGAIN, &mut call).await {
+                    break r;
+                }
             }
         };
         match rows {
