@@ -53,9 +53,13 @@ class Worker:
         statement reads a notification off it before the wait does)."""
         connect = lambda: psycopg.connect(self.conninfo, autocommit=True)
         with connect() as conn, connect() as beat, connect() as listen:
-            # LISTEN before the first claim: an empty claim registers this worker
-            # as waiting, and a commit of a job of this queue then notifies it.
+            # LISTEN before the first claim. The claims run on another connection,
+            # which does not listen, so after an empty claim the worker registers
+            # itself as waiting (start_waiting) and claims once more: a commit of a
+            # job of this queue then notifies it, and one committed in between is
+            # found by that second claim.
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"commitq:{self.queue}")))
+            registered = False
             try:
                 while not self.stopping.is_set():
                     jobs = conn.execute(
@@ -64,8 +68,14 @@ class Worker:
                         (self.queue, self.name, self.batch, self.lease)).fetchall()
                     for job_id, kind, args, attempt, token in jobs:
                         self.run_job(conn, beat, Job(job_id, kind, args, attempt), token)
-                    if not jobs:
+                    if jobs:
+                        registered = False  # a claim that found work clears it
+                    elif not registered:
+                        conn.execute("SELECT commitq.start_waiting(%s, %s)", (self.queue, self.name))
+                        registered = True
+                    else:
                         self.wait(listen)
+                        registered = False  # register again: maintain prunes old entries
             finally:
                 conn.execute("SELECT commitq.stop_waiting(%s, %s)", (self.queue, self.name))
 
@@ -107,3 +117,30 @@ class Worker:
 
 if __name__ == "__main__":  # PGHOST, PGDATABASE... say where the database is, as for psql
     Worker("", "mail", {"send_receipt": send_receipt}).run()
+
+
+class WaitingWorker(Worker):
+    """The same worker with no LISTEN: CALL commitq.claim_wait claims, and when
+    the queue is empty waits inside the database until a commit makes a job
+    available (woken through shared memory when pg_commitq is preloaded, else
+    polling every 100 ms). One statement, so it works through PgBouncer in
+    transaction pooling mode, where LISTEN does not."""
+
+    def run(self):
+        connect = lambda: psycopg.connect(self.conninfo, autocommit=True)
+        with connect() as conn, connect() as beat:
+            while not self.stopping.is_set():
+                # A CALL of its own (autocommit): it commits between attempts.
+                # Waits at most self.poll, so stop() is seen within that.
+                try:
+                    (jobs,) = conn.execute(
+                        "CALL commitq.claim_wait(%s, %s, %s, make_interval(secs => %s),"
+                        " make_interval(secs => %s))",
+                        (self.queue, self.name, self.batch, self.lease, self.poll)).fetchone()
+                except psycopg.errors.QueryCanceled:
+                    if self.stopping.is_set():
+                        return  # cancelled to stop now (pg_cancel_backend)
+                    raise
+                for j in jobs:  # jsonb: a list of dicts
+                    job = Job(j["job_id"], j["kind"], j["args"], j["attempt"])
+                    self.run_job(conn, beat, job, j["lease_token"])

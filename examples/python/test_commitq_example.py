@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from commitq_example import Worker, enqueue, place_order, send_receipt
+from commitq_example import WaitingWorker, Worker, enqueue, place_order, send_receipt
 
 HERE = Path(__file__).resolve().parent
 GUIDE = HERE.parent.parent / "docs" / "python.md"
@@ -89,6 +89,27 @@ def test_committed_job_runs_exactly_once_woken_by_listen(db, start_worker):
     time.sleep(0.3)  # room for a second run, which must not come
     assert receipts(db) == [(1, 1)]
     assert [(s, a) for s, a, _ in finished(db, "mail")] == [("completed", 1)]
+
+
+def test_waiting_claim_runs_a_committed_job_at_once_without_listen(db):
+    # A long wait: only a commit ends it in time. Nothing registers for NOTIFY.
+    worker = WaitingWorker("", "mail", {"send_receipt": send_receipt}, name="test-waiting", poll=30)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("the worker to wait", lambda: db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL commitq.claim_wait%%'"
+            " AND wait_event_type = 'Extension'").fetchone()[0] == 1)
+        place_order(db, 7, "eve@example.com")
+        wait_for("the job to finish", lambda: finished(db, "mail"), timeout=5)
+        assert receipts(db) == [(7, 1)]
+        assert db.execute("SELECT count(*) FROM commitq.waiting_workers").fetchone()[0] == 0
+    finally:
+        worker.stop()
+        # The wait in progress ends within its 30 s; cancel it to stop now.
+        db.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                   " WHERE query LIKE 'CALL commitq.claim_wait%%' AND pid <> pg_backend_pid()")
+        thread.join(10)
 
 
 def test_rolled_back_job_never_runs(db, start_worker):
