@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use common::{Cluster, Load, Outcome, Sample};
 use systems::commitq::{Commitq, Drain, Keys, PoolConfig};
+use systems::commitq_wait::Waiting;
 use systems::raw::{Finish, Raw};
 use systems::{System, Workload};
 
@@ -129,6 +130,9 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
         .collect::<Vec<_>>()
     };
     let sql_drain = |how| System::Commitq(Commitq::Sql { batch: 100, how });
+    // The waiting claim beside the NOTIFY path (commitq_wait.rs).
+    let waiters =
+        || [Waiting::ClaimWait, Waiting::Listen].map(|how| System::Commitq(Commitq::Waiters(how)));
     let bulk = enqueuers()
         .into_iter()
         .chain([
@@ -156,11 +160,16 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
             .chain(externals())
             .collect(),
         ),
-        (Workload::Single, enqueuers()),
+        (
+            Workload::Single,
+            enqueuers().into_iter().chain(waiters()).collect(),
+        ),
         (
             Workload::Latency,
-            [pool(Defaults, Keys::None), System::Pgmq]
+            [pool(Defaults, Keys::None)]
                 .into_iter()
+                .chain(waiters())
+                .chain([System::Pgmq])
                 .chain(externals())
                 .collect(),
         ),

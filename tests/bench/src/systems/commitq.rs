@@ -53,6 +53,9 @@ pub enum Commitq {
     ParallelFunctions,
     /// Claimers calling the SQL functions directly, `batch` jobs a claim.
     Sql { batch: i32, how: Drain },
+    /// Four SQL-level workers waiting for work one way (commitq_wait.rs):
+    /// their latency, or single enqueue while they wait.
+    Waiters(super::commitq_wait::Waiting),
     /// The crate's `WorkerPool` with no-op handlers.
     Pool {
         handlers: usize,
@@ -78,7 +81,8 @@ pub async fn prepare(cluster: &Cluster, db: &str) -> Outcome<String> {
     Ok(format!(
         "pg_commitq {v}; commitq crate {}; SQL drains: one claimer per handler, \
          claim 100 then complete_many, or complete_and_claim 100; WorkerPool: defaults \
-         (adaptive batch, local queue and claim loops; NOTIFY wake-up) unless the row \
+         (adaptive batch, local queue and claim loops; the waiting claim when the library \
+         is preloaded, else NOTIFY wake-up) unless the row \
          says otherwise; tuned: batch 100, prefetch 200, 4 claim loops",
         env!("CARGO_PKG_VERSION")
     ))
@@ -148,6 +152,7 @@ impl Commitq {
             Commitq::ParallelFunctions => {
                 "commitq enqueue_many, a connection per core, 5,000 jobs a call".into()
             }
+            Commitq::Waiters(how) => format!("commitq, 4 SQL workers waiting by {}", how.name()),
             Commitq::Sql { batch, how } => match how {
                 Drain::ClaimThenComplete => format!("commitq SQL: claim {batch} + complete_many"),
                 Drain::CompleteAndClaim => format!("commitq SQL: complete_and_claim {batch}"),
@@ -213,6 +218,12 @@ impl Commitq {
             }
             (Workload::Latency, Commitq::Pool { handlers, .. }) => {
                 latency(&url, load, handlers).await
+            }
+            (Workload::Latency, Commitq::Waiters(how)) => {
+                super::commitq_wait::latency(&url, load, how).await
+            }
+            (Workload::Single, Commitq::Waiters(how)) => {
+                super::commitq_wait::single_beside(&url, load, how).await
             }
             (w, s) => Err(format!("{w:?} is not measured for {s:?}")),
         }

@@ -3,6 +3,7 @@
 //! (`run`); every run first empties the system's tables.
 
 pub mod commitq;
+pub mod commitq_wait;
 pub mod external;
 pub mod pgmq;
 pub mod pgq;
