@@ -17,7 +17,7 @@ SELECT 'function ' || p.oid::regprocedure || ' returns ' || pg_get_function_resu
        || CASE WHEN l.lanname = 'c' OR p.proname IN ('_check', '_queue_problem', '_job_problem',
                    '_worker_lease_problem', '_batch_problem', '_lease_args_problem', '_max_args_bytes',
                    '_cron_problem', '_cron_due', '_cron_next',
-                   '_engine_status')
+                   '_engine_status', '_wake_at_commit', 'wait_supported', 'claim_wait')
                    OR (p.proname = 'enqueue' AND p.pronargs = 9)
                THEN '' ELSE ' ' || l.lanname || ' ' || coalesce(array_to_string(p.proconfig, ','), '') END
        || ' acl ' || pg_temp.acl(p.proacl, p.proowner)
