@@ -135,6 +135,11 @@ CREATE TABLE commitq.finished_jobs (
 -- Pruning by age.
 CREATE INDEX finished_jobs_finished_at_idx ON commitq.finished_jobs (finished_at);
 
+-- Lists of finished jobs by state, newest first (commitq.job_list, the
+-- dashboard, `commitq jobs list --state discarded`): without it a filter
+-- that matches nothing reads the whole table.
+CREATE INDEX finished_jobs_state_idx ON commitq.finished_jobs (state, id);
+
 CREATE TABLE commitq.idempotency_keys (
     queue       text NOT NULL,
     key         text NOT NULL,

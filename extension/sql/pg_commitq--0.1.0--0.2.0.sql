@@ -2768,3 +2768,6 @@ REVOKE ALL ON FUNCTION commitq._wake_at_commit(text), commitq.wait_supported(),
 REVOKE ALL ON PROCEDURE commitq.claim_wait(text, text, integer, interval, interval, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE commitq.claim_wait(text, text, integer, interval, interval, jsonb) TO commitq_worker;
 GRANT EXECUTE ON FUNCTION commitq.start_waiting(text, text), commitq.wait_supported() TO commitq_worker;
+
+-- Finished jobs listed by state (schema.sql).
+CREATE INDEX finished_jobs_state_idx ON commitq.finished_jobs (state, id);
