@@ -243,6 +243,11 @@ pub extern "C-unwind" fn commitq_engine_launcher(_arg: pg_sys::Datum) {
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            // A shorter interval applies now, not once the longer one
+            // that set these deadlines has run out.
+            let soonest = Instant::now() + interval();
+            due.values_mut().for_each(|at| *at = (*at).min(soonest));
+            next_scan = next_scan.min(soonest);
         }
         // Workers that ended: learn what they found.
         let ended: Vec<u32> = running
@@ -319,7 +324,9 @@ fn start_worker(db: u32, name: &str) -> Option<Running> {
     // The handle is allocated in the current context: the top one, outside
     // any transaction, freed by Running's Drop.
     let ok = unsafe { pg_sys::RegisterDynamicBackgroundWorker(&mut bgw, &mut handle) };
-    ok.then_some(Running { handle })
+    // Lazily: then_some would build a Running even when no slot was free,
+    // and its drop would free a null handle.
+    ok.then(|| Running { handle })
 }
 
 /// Oids of the databases that accept connections and are not templates,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
+pub mod side_cluster;
 pub mod sql_only;
 
 /// The cluster's connection string, from `COMMITQ_DATABASE_URL`

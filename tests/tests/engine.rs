@@ -8,6 +8,7 @@
 //! COMMITQ_PRELOAD=0 they fail and say so, rather than pass having checked
 //! nothing.
 
+use commitq_tests::side_cluster::SideCluster;
 use commitq_tests::{cluster_url, connect, no_backoff, wait_until, with_dbname, Sql, TestDb};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -233,8 +234,11 @@ async fn a_database_can_be_dropped_while_the_engine_runs() {
             .batch_execute(&format!("DROP DATABASE \"{}\"", db.name))
             .await
             .unwrap_or_else(|e| panic!("round {round}: DROP DATABASE: {e:?}"));
+        // A worker still connected would hold the drop for PostgreSQL's
+        // full 5 s and then fail it; a tick's few milliseconds, plus what
+        // a loaded machine adds to the drop itself, stay well below that.
         assert!(
-            start.elapsed() < 2 * TICK,
+            start.elapsed() < 4 * TICK,
             "round {round}: DROP DATABASE took {:?}",
             start.elapsed()
         );
@@ -340,48 +344,13 @@ async fn the_status_view_shows_ticks_an_error_and_the_recovery() {
     assert!(t >= 3);
 }
 
-/// The folder under target/ of the cluster without the preload line.
-const NO_PRELOAD_DIR: &str = "pg-nopreload";
-
-fn cluster_sh(args: &[&str], port: u16) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("dev/cluster.sh"))
-        .args(args)
-        .env("COMMITQ_PGDIR", NO_PRELOAD_DIR)
-        .env("COMMITQ_PGPORT", port.to_string())
-        .env("COMMITQ_PRELOAD", "0")
-        .output()
-        .expect("run dev/cluster.sh");
-    assert!(
-        out.status.success(),
-        "dev/cluster.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Without the preload line (a second cluster, COMMITQ_PRELOAD=0) there is
 /// no engine: the view says so, a due job waits, and maintain() called by a
 /// client still makes it available.
 #[tokio::test]
 async fn without_the_preload_line_maintain_is_still_needed_and_works() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    cluster_sh(&["start"], port);
-    struct Stop(u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            cluster_sh(&["stop"], self.0);
-        }
-    }
-    let _stop = Stop(port);
-    cluster_sh(&["createdb", "t_engine_nopreload"], port);
-    let c = connect(&format!(
-        "host=127.0.0.1 port={port} user=postgres dbname=t_engine_nopreload"
-    ))
-    .await;
+    let cluster = SideCluster::start("pg-nopreload");
+    let c = connect(&cluster.database("t_engine_nopreload")).await;
 
     let preload: String = c.row("SHOW shared_preload_libraries", &[]).await.get(0);
     assert_eq!(preload, "");

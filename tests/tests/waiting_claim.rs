@@ -15,8 +15,6 @@ use tokio_postgres::Client;
 
 #[path = "waiting_claim/pgbouncer.rs"]
 mod pgbouncer;
-#[path = "waiting_claim/side_cluster.rs"]
-mod side_cluster;
 
 /// Longer than any test waits for a wake-up, so a wait that ends in time
 /// was woken, not timed out.
@@ -508,7 +506,7 @@ async fn through_pgbouncer_the_waiting_claim_works_where_listen_cannot() {
 /// session holds no snapshot.
 #[tokio::test]
 async fn without_the_preload_line_the_wait_polls() {
-    let cluster = side_cluster::SideCluster::start("pg-wait-nopreload");
+    let cluster = commitq_tests::side_cluster::SideCluster::start("pg-wait-nopreload");
     let url = cluster.database("nopreload");
     let admin = connect(&url).await;
     let supported: bool = admin
