@@ -1,7 +1,7 @@
 # commitq: the two commands that matter are `make demo` and `make test`.
 # `make help` lists every target with the `##` comment above it.
 # PG_CONFIG=/path/to/pg_config points every target at another PostgreSQL.
-.PHONY: help setup demo web test install package sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
+.PHONY: help setup demo web test test-citus install package sql-only cluster-start cluster-stop cluster-status psql bench bench-quick faults faults-long
 .DEFAULT_GOAL := help
 
 ## List the targets and what each does.
@@ -26,6 +26,14 @@ web: setup
 ## Run every test layer: lint, #[pg_test], integration, isolation, short fault injection.
 test: setup
 	dev/test.sh
+
+## The contract checks on Citus (docs/citus.md): builds Citus into PG_CONFIG's
+## server once (about 5 minutes), starts a coordinator and two workers
+## (ports 54481-54483), about 2 minutes of checks. Not part of `make test`.
+test-citus: setup
+	dev/install-extension.sh
+	dev/citus.sh build
+	tests/citus/run.sh
 
 ## Build the extension and install it into the system's PostgreSQL (15, or
 ## PG_CONFIG's; for a DBA: then CREATE EXTENSION pg_commitq in a database).

@@ -147,6 +147,12 @@ shared_preload_libraries = 'citus,pg_commitq'
 log_min_messages = warning
 citus.log_remote_commands = off
 EOF
+    # The commitq engine runs maintain() on the coordinator only: on a
+    # worker it would find the distributed tables and fail each tick (and
+    # the distributed maintain() reads every shard from the coordinator).
+    if [ "$node" != coord ]; then
+        echo "commitq.engine_enabled = off" | run_as_owner tee -a "$data/postgresql.conf" >/dev/null
+    fi
 }
 
 pg() {

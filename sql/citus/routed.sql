@@ -524,3 +524,210 @@ BEGIN
       INTO heartbeat.lease_expires_at, heartbeat.cancel_requested;
 END
 $$;
+
+-- maintain(), queue by queue: the queues with work are found by one plain
+-- read over all shards (no lock), then each queue's rescue and promotion
+-- run as routed statements with SKIP LOCKED, as on one node. Pruning is a
+-- plain multi-shard DELETE per table (Citus allows no LIMIT or row locks
+-- there), so a backlog is pruned in one call rather than in batches.
+-- Concurrency keys are refused at enqueue and the effect ledger stays on
+-- the coordinator unused, so their steps are left out. Run it from the
+-- coordinator (the engine runs there only; see dev/citus.sh).
+CREATE OR REPLACE FUNCTION commitq.maintain(
+    OUT rescued bigint,
+    OUT discarded bigint,
+    OUT promoted bigint,
+    OUT pruned_jobs bigint,
+    OUT pruned_keys bigint,
+    OUT unblocked bigint,
+    OUT pruned_concurrency_keys bigint,
+    OUT scheduled bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c commitq.config;
+    j commitq.jobs;
+    q text;
+    v_errors jsonb;
+    v_final commitq.job_state;
+    v_n bigint;
+    v_now timestamptz := clock_timestamp();
+    v_cutoff timestamptz;
+    v_run_at timestamptz;
+BEGIN
+    SELECT * INTO c FROM commitq.config;
+    rescued := 0;
+    discarded := 0;
+    promoted := 0;
+    unblocked := 0;
+    pruned_concurrency_keys := 0;
+
+    FOR q IN SELECT DISTINCT x.queue FROM commitq.jobs x
+              WHERE (x.state = 'running' AND x.lease_expires_at < v_now)
+                 OR (x.state = 'scheduled' AND (x.run_at <= v_now OR x.after_xact IS NOT NULL))
+              ORDER BY 1 LOOP
+        FOR j IN
+            SELECT * FROM commitq.jobs x
+             WHERE x.queue = q AND x.state = 'running' AND x.lease_expires_at < v_now
+             ORDER BY x.lease_expires_at
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED
+        LOOP
+            v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
+                format('lease expired at %s: worker %s stopped without completing or failing the job',
+                       j.lease_expires_at, j.worker));
+            IF j.cancel_requested OR j.attempt >= j.max_attempts THEN
+                v_final := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+                UPDATE commitq.jobs SET errors = v_errors WHERE queue = q AND id = j.id;
+                PERFORM pg_catalog.set_config('commitq.route_' || j.id::text, q, true);
+                PERFORM commitq._move_to_finished(ARRAY[j.id], v_final);
+                discarded := discarded + 1;
+            ELSE
+                v_run_at := now() + commitq._backoff(j.attempt);
+                UPDATE commitq.jobs
+                   SET state = 'scheduled', run_at = v_run_at,
+                       errors = v_errors, lease_expires_at = NULL
+                 WHERE queue = q AND id = j.id;
+                PERFORM commitq._count_outcome(ARRAY[q], 'failed');
+                rescued := rescued + 1;
+            END IF;
+        END LOOP;
+
+        -- Gated jobs whose transaction aborted (or is too old to know).
+        FOR j IN
+            SELECT * FROM commitq.jobs x
+             WHERE x.queue = q AND x.state = 'scheduled' AND x.after_xact IS NOT NULL
+               AND coalesce(pg_xact_status(x.after_xact), 'unknown') IN ('aborted', 'unknown')
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED
+        LOOP
+            v_errors := commitq._push_error(j.errors, j.attempt, NULL,
+                       format('gating transaction %s %s', j.after_xact,
+                              coalesce(pg_xact_status(j.after_xact), 'is too old to know')));
+            UPDATE commitq.jobs SET errors = v_errors WHERE queue = q AND id = j.id;
+            PERFORM pg_catalog.set_config('commitq.route_' || j.id::text, q, true);
+            PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+            discarded := discarded + 1;
+        END LOOP;
+
+        UPDATE commitq.jobs u SET state = 'available'
+         WHERE u.queue = q
+           AND u.id IN (SELECT s.id FROM commitq.jobs s
+                         WHERE s.queue = q AND s.state = 'scheduled' AND s.run_at <= now()
+                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                         ORDER BY s.run_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            promoted := promoted + v_n;
+            PERFORM commitq._wake(q);
+        END IF;
+    END LOOP;
+
+    v_cutoff := now() - c.finished_retention;
+    DELETE FROM commitq.finished_jobs f WHERE f.finished_at < v_cutoff;
+    GET DIAGNOSTICS pruned_jobs = ROW_COUNT;
+
+    -- A key past its window is kept while its job is live: a co-located
+    -- join (same queue), so Citus runs it shard by shard.
+    v_cutoff := now() - c.idempotency_window;
+    DELETE FROM commitq.idempotency_keys k
+     WHERE k.created_at < v_cutoff
+       AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.queue = k.queue AND x.id = k.job_id);
+    GET DIAGNOSTICS pruned_keys = ROW_COUNT;
+
+    v_cutoff := now() - interval '10 minutes';
+    DELETE FROM commitq.waiting_workers w WHERE w.since < v_cutoff;
+    v_cutoff := now() - interval '2 hours';
+    DELETE FROM commitq.queue_counters o WHERE o.minute < v_cutoff;
+
+    -- Cron ticks: schedules live on the coordinator; each tick's job is
+    -- enqueued to its queue's shard.
+    scheduled := commitq._run_schedules(now());
+END
+$$;
+
+-- fail and snooze with the queue in every statement: on one node they
+-- update by id alone, which here would be a multi-shard UPDATE (every node
+-- must be up, and each call would write to every shard).
+CREATE OR REPLACE FUNCTION commitq.fail(
+    job_id bigint,
+    lease_token bigint,
+    error text,
+    retry_in interval DEFAULT NULL,
+    discard boolean DEFAULT false,
+    OUT state commitq.job_state,
+    OUT run_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+    v_errors jsonb;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN fail.error IS NULL THEN 'error must not be NULL'
+        WHEN fail.discard IS NULL THEN 'discard must not be NULL'
+        WHEN fail.retry_in < interval '0' OR NOT isfinite(now() + fail.retry_in)
+            THEN 'retry_in must be a finite interval >= 0' END);
+    j := commitq._locked_lease(fail.job_id, fail.lease_token);
+    PERFORM pg_catalog.set_config('commitq.route_' || j.id::text, j.queue, true);
+    v_errors := commitq._push_error(j.errors, j.attempt, j.worker, fail.error);
+
+    IF fail.discard OR j.cancel_requested OR j.attempt >= j.max_attempts THEN
+        fail.state := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+        fail.run_at := j.run_at;
+        UPDATE commitq.jobs SET errors = v_errors WHERE queue = j.queue AND id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], fail.state);
+        RETURN;
+    END IF;
+
+    fail.run_at := now() + coalesce(fail.retry_in, commitq._backoff(j.attempt));
+    fail.state := CASE WHEN fail.run_at <= now() THEN 'available' ELSE 'scheduled' END;
+    UPDATE commitq.jobs
+       SET state = fail.state, run_at = fail.run_at, errors = v_errors,
+           lease_expires_at = NULL
+     WHERE queue = j.queue AND id = j.id;
+    PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
+    IF fail.state = 'available' THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION commitq.snooze(job_id bigint, lease_token bigint, delay interval)
+RETURNS timestamptz
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    j commitq.jobs;
+    v_run_at timestamptz;
+    v_state commitq.job_state;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN snooze.delay IS NULL THEN 'delay must not be NULL'
+        WHEN snooze.delay < interval '0' OR NOT isfinite(now() + snooze.delay)
+            THEN 'delay must be a finite interval >= 0' END);
+    j := commitq._locked_lease(snooze.job_id, snooze.lease_token);
+    PERFORM pg_catalog.set_config('commitq.route_' || j.id::text, j.queue, true);
+    IF j.cancel_requested THEN
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        RETURN NULL;
+    END IF;
+    v_run_at := now() + snooze.delay;
+    v_state := CASE WHEN v_run_at <= now() THEN 'available' ELSE 'scheduled' END;
+    UPDATE commitq.jobs
+       SET state = v_state, run_at = v_run_at, attempt = attempt - 1, lease_expires_at = NULL
+     WHERE queue = j.queue AND id = j.id;
+    IF v_run_at <= now() THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+    RETURN v_run_at;
+END
+$$;
