@@ -3,6 +3,7 @@
 # (dev/citus.sh), a fresh database distributed by sql/citus/*.sql, then
 #   router       EXPLAIN of each hot statement is a router plan (one task)
 #   spread       queues land on both workers
+#   ids          job ids unique across nodes (each node its own range)
 #   visibility   a job is claimable only once its enqueue commits; never
 #                after a rollback
 #   once         8 concurrent claimers per queue, 2 queues (one per worker):
@@ -74,6 +75,14 @@ router claim_call "SELECT * FROM commitq.claim('$qa', 'w', 1)"
 router enqueue_call "SELECT * FROM commitq.enqueue('$qa', 'k', '{}')"
 q -c "DELETE FROM commitq.jobs" >/dev/null
 
+# --- ids: a delegated enqueue takes its id on the queue's node, from that
+# node's own range, so ids never collide across nodes.
+ida=$(q -c "SELECT job_id FROM commitq.enqueue('$qa', 'ids', '{}')")
+idb=$(q -c "SELECT job_id FROM commitq.enqueue('$qb', 'ids', '{}')")
+check "ids: unique across nodes" "$( [ -n "$ida" ] && [ "$ida" != "$idb" ] && echo distinct)" distinct
+check "ids: carry the node's group" "$(q -c "SELECT ($ida >> 48) = groupid FROM pg_dist_node WHERE nodeport = $p_w1")" t
+q -c "DELETE FROM commitq.jobs" >/dev/null
+
 # --- visibility
 q -c "BEGIN; SELECT commitq.enqueue('$qa', 'vis', '{}'); SELECT pg_sleep(3); COMMIT;" >/dev/null &
 sleep 1.5
@@ -110,8 +119,16 @@ BEGIN
   END LOOP;
 END \$\$" >/dev/null
 }
-for w in 1 2 3 4 5 6 7 8; do drain "$qa" "a$w" & drain "$qb" "b$w" & done
-wait
+# A claimer whose job was also handed to another sees its completion
+# refused (stale lease) and stops with an error: counted here.
+pids=()
+for w in 1 2 3 4 5 6 7 8; do
+    drain "$qa" "a$w" & pids+=($!)
+    drain "$qb" "b$w" & pids+=($!)
+done
+bad=0
+for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+check "once: no claimer failed" "$bad" 0
 check "once: claims" "$(q -c "SELECT count(*) FROM claim_log")" $((2 * jobs))
 check "once: distinct" "$(q -c "SELECT count(DISTINCT job_id) FROM claim_log")" $((2 * jobs))
 check "once: left" "$(q -c "SELECT count(*) FROM commitq.jobs")" 0
@@ -187,7 +204,8 @@ check "crash: no job completed twice" "$(q -c "SELECT count(*) - count(DISTINCT 
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then
-    echo "citus: ${#failed[@]} checks failed: ${failed[*]}"
+    echo "citus: ${#failed[@]} checks failed: ${failed[*]} (nodes left running: dev/citus.sh stop)"
     exit 1
 fi
 echo "citus: all checks passed"
+[ "${COMMITQ_CITUS_KEEP:-0}" = 1 ] || dev/citus.sh stop
