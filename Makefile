@@ -31,6 +31,7 @@ test: setup
 ## server once (about 5 minutes), starts a coordinator and two workers
 ## (ports 54481-54483), about 2 minutes of checks. Not part of `make test`.
 test-citus: setup
+	dev/citus.sh stop
 	dev/install-extension.sh
 	dev/citus.sh build
 	tests/citus/run.sh
