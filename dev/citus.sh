@@ -150,6 +150,9 @@ unix_socket_directories = '$sock'
 max_connections = 200
 shared_buffers = 128MB
 max_prepared_transactions = 100
+# Citus runs a maintenance daemon per database, each in a worker slot, and
+# commitq's engine needs slots beside them.
+max_worker_processes = 32
 max_wal_size = 2GB
 include_if_exists = 'citus-preload.conf'
 log_min_messages = warning

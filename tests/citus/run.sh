@@ -134,6 +134,23 @@ check "once: distinct" "$(q -c "SELECT count(DISTINCT job_id) FROM claim_log")" 
 check "once: left" "$(q -c "SELECT count(*) FROM commitq.jobs")" 0
 check "once: both queues used 8 claimers" "$(q -c "SELECT count(DISTINCT worker) FROM claim_log")" 16
 
+# --- once, delegated: the same with top-level calls, which Citus delegates
+# to the queue's node (the loop above runs claim inside a DO block, where
+# Citus routes each statement from the coordinator instead). 8 claimers
+# each make 10 calls of claim(..., 5) for 300 jobs; leases of 5 minutes, so
+# nothing is handed out twice unless two claims got the same job.
+q -c "SELECT count(commitq.enqueue('$qa', 'once', jsonb_build_object('i', i))) FROM generate_series(1, $jobs) i" >/dev/null
+tmp=$(mktemp -d)
+for w in 1 2 3 4 5 6 7 8; do
+    for _ in $(seq 1 10); do echo "SELECT job_id FROM commitq.claim('$qa', 'd$w', 5);"; done \
+        | q -f - >"$tmp/claims.$w" &
+done
+wait
+check "once delegated: claims" "$(cat "$tmp"/claims.* | grep -c .)" "$jobs"
+check "once delegated: distinct" "$(cat "$tmp"/claims.* | sort -u | grep -c .)" "$jobs"
+rm -rf "$tmp"
+q -c "DELETE FROM commitq.jobs" >/dev/null
+
 # --- idempotency: 8 concurrent enqueues of one key.
 for i in 1 2 3 4 5 6 7 8; do
     q -c "BEGIN; SELECT commitq.enqueue('$qb', 'idem', '{}', idempotency_key => 'order-1'); SELECT pg_sleep(0.5); COMMIT;" >/dev/null &
