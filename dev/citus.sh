@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A Citus test cluster on this machine: one coordinator and two workers, each
 # its own PostgreSQL instance (PG_CONFIG's, see dev/pg-env.sh) with its data
-# and unix socket under target/citus/, `citus` in shared_preload_libraries
-# (and pg_commitq after it with COMMITQ_CITUS_PRELOAD=1, see init_node).
+# and unix socket under target/citus/, `citus` first in
+# shared_preload_libraries and pg_commitq after it (see write_preload).
 #
 #   dev/citus.sh build           # build Citus into PG_CONFIG's server (cached)
 #   dev/citus.sh start | stop    # the three nodes; start joins the workers
@@ -129,13 +129,6 @@ init_node() {
     data=$dir/data
     sock=$(sockdir)
     # The preload line is written at each start (write_preload).
-    # pg_commitq is not preloaded by default: its engine cannot maintain a
-    # distributed database on a worker, and on this machine its launcher
-    # crashed (SIGSEGV, so a restart of the whole node) beside Citus when
-    # databases were dropped and created in a row. Without the preload line
-    # commitq works as on a server where only CREATE EXTENSION was done;
-    # call commitq.maintain() on the coordinator (docs/citus.md).
-    # COMMITQ_CITUS_PRELOAD=1 preloads it (engine on the coordinator only).
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
     run_as_owner "$bindir/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
@@ -172,9 +165,13 @@ pg() {
     "$bindir/psql" -h "$(sockdir)" -p "$(node_port "$node")" -U postgres -qAtX -v ON_ERROR_STOP=1 "$@"
 }
 
+# citus first, then pg_commitq for its engine and the waiting claim's
+# wake-up at commit; COMMITQ_CITUS_PRELOAD=0 leaves pg_commitq out (commitq
+# then works as on a server where only CREATE EXTENSION was done: call
+# commitq.maintain() on the coordinator yourself).
 write_preload() {
-    local preload=citus
-    [ "${COMMITQ_CITUS_PRELOAD:-0}" = 1 ] && preload=citus,pg_commitq
+    local preload=citus,pg_commitq
+    [ "${COMMITQ_CITUS_PRELOAD:-1}" = 0 ] && preload=citus
     echo "shared_preload_libraries = '$preload'" | run_as_owner tee "$1/citus-preload.conf" >/dev/null
 }
 
