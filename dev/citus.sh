@@ -151,8 +151,7 @@ include_if_exists = 'citus-preload.conf'
 log_min_messages = warning
 citus.log_remote_commands = off
 EOF
-    # With the preload, the commitq engine runs maintain() on the
-    # coordinator only: on a
+    # The commitq engine runs maintain() on the coordinator only: on a
     # worker it would find the distributed tables and fail each tick (and
     # the distributed maintain() reads every shard from the coordinator).
     if [ "$node" != coord ]; then
