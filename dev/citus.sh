@@ -146,7 +146,9 @@ max_prepared_transactions = 100
 # Citus runs a maintenance daemon per database, each in a worker slot, and
 # commitq's engine needs slots beside them.
 max_worker_processes = 32
-max_wal_size = 2GB
+# Little WAL kept: three data folders share the disk with other work.
+min_wal_size = 32MB
+max_wal_size = 256MB
 include_if_exists = 'citus-preload.conf'
 log_min_messages = warning
 citus.log_remote_commands = off
