@@ -11,6 +11,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
+// The pool's own calls (claims, completions, heartbeats) run on its pooled
+// connections and use their statement caches: a statement sent as text is
+// parsed and described in a round trip of its own before every call.
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::GenericClient;
 
 use crate::{EnqueueOptions, Enqueued, Error};
@@ -213,17 +217,22 @@ pub(crate) async fn enqueue_many_arrays(
 /// `commitq.claim`: up to `limit` jobs of `queue`, leased to `worker` for
 /// `lease`.
 pub(crate) async fn claim(
-    client: &impl GenericClient,
+    client: &ClientWrapper,
     queue: &str,
     worker: &str,
     limit: usize,
     lease: Duration,
 ) -> Result<Vec<ClaimedRow>, Error> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT job_id, queue, kind, args, attempt, lease_token,
                     concurrency_key IS NOT NULL
                FROM commitq.claim($1, $2, $3, make_interval(secs => $4))",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
             &[&queue, &worker, &(limit as i32), &lease.as_secs_f64()],
         )
         .await?;
@@ -255,16 +264,14 @@ pub(crate) async fn complete(
 
 /// `commitq.complete_many`: whether each job was completed, in order.
 pub(crate) async fn complete_many(
-    client: &impl GenericClient,
+    client: &ClientWrapper,
     ids: &[i64],
     tokens: &[i64],
 ) -> Result<Vec<bool>, Error> {
-    let rows = client
-        .query(
-            "SELECT completed FROM commitq.complete_many($1, $2)",
-            &[&ids, &tokens],
-        )
+    let statement = client
+        .prepare_cached("SELECT completed FROM commitq.complete_many($1, $2)")
         .await?;
+    let rows = client.query(&statement, &[&ids, &tokens]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -272,19 +279,21 @@ pub(crate) async fn complete_many(
 /// the keys it frees, leased to `worker` for `lease`; one row per job, in
 /// order.
 pub(crate) async fn complete_and_take(
-    client: &impl GenericClient,
+    client: &ClientWrapper,
     ids: &[i64],
     tokens: &[i64],
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<CompletedRow>, Error> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT t.completed, (t.next).job_id, (t.next).queue, (t.next).kind,
                     (t.next).args, (t.next).attempt, (t.next).lease_token
                FROM commitq.complete_and_take($1, $2, $3, make_interval(secs => $4)) t",
-            &[&ids, &tokens, &worker, &lease.as_secs_f64()],
         )
+        .await?;
+    let rows = client
+        .query(&statement, &[&ids, &tokens, &worker, &lease.as_secs_f64()])
         .await?;
     Ok(rows
         .iter()
@@ -325,15 +334,15 @@ pub(crate) async fn fail(
 /// `commitq.heartbeat`: renew the job's lease; whether its cancellation was
 /// requested.
 pub(crate) async fn heartbeat(
-    client: &impl GenericClient,
+    client: &ClientWrapper,
     job_id: i64,
     lease_token: i64,
 ) -> Result<bool, Error> {
+    let statement = client
+        .prepare_cached("SELECT cancel_requested FROM commitq.heartbeat($1, $2)")
+        .await?;
     let row = client
-        .query_one(
-            "SELECT cancel_requested FROM commitq.heartbeat($1, $2)",
-            &[&job_id, &lease_token],
-        )
+        .query_one(&statement, &[&job_id, &lease_token])
         .await?;
     Ok(row.get(0))
 }

@@ -289,3 +289,51 @@ async fn one_keys_backlog_does_not_hold_up_other_keys() {
         "the other keys waited for the backlog: {then} of its {BACKLOG} jobs ran first"
     );
 }
+
+/// A job that a completion takes for its key (`complete_and_take`) runs on
+/// the claim slot of the job it follows, and a keyed job keeps its slot
+/// until its completion is written: so the jobs leased to the pool never
+/// exceed its claim slots (here 4 handlers, no local queue). Sampled in the
+/// database during a drain of 8 keys. When a keyed job gave its slot back
+/// as its handler returned, the claim loop claimed more jobs while the
+/// completion was still in flight, and the jobs it then took waited for
+/// slots under lease, beyond the pool's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyed_jobs_leased_to_a_pool_never_exceed_its_claim_slots() {
+    let db = TestDb::new("t_ckeys_slots").await;
+    let client = Client::connect(&db.url).await.unwrap();
+    const JOBS: i64 = 600;
+    enqueue_jobs(&client, JOBS, 8, true).await;
+    let pool = WorkerPool::builder(client.clone())
+        .queue("accounts", 4)
+        .prefetch(0)
+        .handle(move |_ctx, _job: Touch| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let metrics = pool.metrics();
+    let watcher = Client::connect(&db.url).await.unwrap();
+    let running = start_pool(pool);
+    let mut most = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (metrics.snapshot().completed as i64) < JOBS && Instant::now() < deadline {
+        let leased = scalar(
+            &watcher,
+            "SELECT count(*) FROM commitq.jobs WHERE state = 'running'",
+        )
+        .await;
+        most = most.max(leased);
+    }
+    running.stop().await;
+    assert_eq!(
+        metrics.snapshot().completed as i64,
+        JOBS,
+        "every job completed"
+    );
+    assert!(most > 0, "the sampling saw the pool at work");
+    assert!(
+        most <= 4,
+        "{most} jobs leased at once to a pool of 4 claim slots"
+    );
+}

@@ -582,3 +582,44 @@ async fn a_worker_pool_is_woken_at_commit_without_listen() {
         started.elapsed()
     );
 }
+
+/// A worker pool made from a connection string, which could open a LISTEN
+/// connection, opens none when the server has the waiting claim: its claim
+/// loops wait in claim_wait, and a LISTEN session would hold a server
+/// connection (and a PgBouncer slot) for nothing.
+#[tokio::test]
+async fn a_worker_pool_with_a_url_opens_no_listen_connection_when_it_can_wait() {
+    use commitq::{Outcome, WorkerPool};
+    use commitq_tests::{record, scalar, start_pool, Record, EFFECTS, INSERT_EFFECT};
+    let db = TestDb::new("t_wait_pool_url").await;
+    let admin = db.connect().await;
+    admin.batch_execute(EFFECTS).await.unwrap();
+    let client = commitq::Client::connect(&db.url).await.unwrap();
+    let pool = WorkerPool::builder(client.clone())
+        .queue("effects", 2)
+        .poll_interval(Duration::from_secs(3600))
+        .handle(|ctx, job: Record| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(INSERT_EFFECT, &[&job.n, &job.label, &ctx.attempt])
+                .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let running = start_pool(pool);
+    until_asleep(&admin, 1).await;
+    client.enqueue(&record(1, "woken")).await.unwrap();
+    wait_until("the job to run", WOKEN_WITHIN, async || {
+        scalar(&admin, "SELECT count(*) FROM public.effects").await == 1
+    })
+    .await;
+    // Asleep again: a listener would have connected long before.
+    until_asleep(&admin, 1).await;
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    assert_eq!(
+        scalar(&admin, listening).await,
+        0,
+        "a LISTEN session is open"
+    );
+    running.stop().await;
+}

@@ -142,7 +142,7 @@ pub(super) async fn renew_leases(
             let conn = cfg.own_conn(every).await?;
             let calls = live
                 .iter()
-                .map(|(id, s)| driver::heartbeat(&**conn, *id, s.lease_token));
+                .map(|(id, s)| driver::heartbeat(&conn, *id, s.lease_token));
             Ok::<_, Error>(join_all(calls).await)
         })
         .await;

@@ -138,8 +138,15 @@ impl WorkerPool {
             shared.cfg.heartbeat_every(),
             shared.finished.clone(),
         ));
-        if let Some(url) = shared.cfg.client.url().map(str::to_string) {
-            background.spawn(listen(url, notifies.clone(), shared.stopping.clone()));
+        // Asked once for all claim loops. Where the server wakes waiting
+        // claims at commit, they wait in `commitq.claim_wait` and never
+        // listen: a LISTEN connection would hold a server connection for
+        // nothing. Unknown (the question failed): listen, as before.
+        let wait_supported = waiter::wait_supported(&shared.cfg).await;
+        if wait_supported != Some(true) {
+            if let Some(url) = shared.cfg.client.url().map(str::to_string) {
+                background.spawn(listen(url, notifies.clone(), shared.stopping.clone()));
+            }
         }
         if let Some(every) = shared.cfg.maintain_interval {
             background.spawn(maintain(shared.clone(), every));
@@ -156,6 +163,7 @@ impl WorkerPool {
                     notifies[queue].clone(),
                     jobs.clone(),
                     index,
+                    wait_supported,
                 ));
             }
         }

@@ -104,8 +104,7 @@ impl Adaptive {
 
     /// The local queue this queue should have now: as many jobs as the
     /// handlers finish in two claims' round trips, at most two full claims;
-    /// none for jobs with concurrency keys, which would hold their keys
-    /// while they wait here.
+    /// none for jobs with concurrency keys.
     fn wanted_prefetch(&self, handlers: usize) -> usize {
         if let Some(n) = self.fixed_prefetch {
             return n;
@@ -114,6 +113,10 @@ impl Adaptive {
             self.run_ns.load(Ordering::Relaxed),
             self.claim_ns.load(Ordering::Relaxed),
         );
+        // Keyed jobs get none: one waiting here holds its key's slot, and
+        // claims park the jobs of keys so held (measured with a local queue
+        // as large as the handlers: the keyed drain at 7% of the same pool
+        // without keys, against 78% without a local queue).
         if self.keyed.load(Ordering::Relaxed) || run == 0 || claim == 0 {
             return 0;
         }
@@ -175,6 +178,7 @@ pub(super) async fn claim_loop(
     wake: Arc<Notify>,
     jobs: TaskTracker,
     index: usize,
+    wait_supported: Option<bool>,
 ) {
     let cfg = &shared.cfg;
     let slots = &all.claim;
@@ -187,8 +191,13 @@ pub(super) async fn claim_loop(
     // about as much as a full one (measured: with four loops over 16
     // slots, the pool without a local queue drained at 15% of the same
     // pool with one, in one run).
-    let worth_it = || all.handlers + adapt.prefetch_now() >= (index + 1) * batch.div_ceil(2);
-    let mut waiter = Waiter::default();
+    // Keyed jobs: one loop, since claim loops lock the same key rows and
+    // pass over each other's keys.
+    let worth_it = || {
+        all.handlers + adapt.prefetch_now() >= (index + 1) * batch.div_ceil(2)
+            && !adapt.keyed.load(Ordering::Relaxed)
+    };
+    let mut waiter = Waiter::new(wait_supported);
     loop {
         while helper && !(adapt.backlog.load(Ordering::SeqCst) && worth_it()) {
             let seen = adapt.backlog_seen.notified();
@@ -308,7 +317,7 @@ async fn wait_for_work(shared: &Shared, wake: &Notify, poll: Duration) {
 
 async fn claim(cfg: &WorkerPoolBuilder, queue: &str, n: usize) -> Result<Vec<Claimed>, Error> {
     let conn = cfg.own_conn(cfg.lease).await?;
-    let rows = driver::claim(&**conn, queue, &cfg.worker_id, n, cfg.lease).await?;
+    let rows = driver::claim(&conn, queue, &cfg.worker_id, n, cfg.lease).await?;
     let claimed_at = Instant::now();
     Ok(rows
         .into_iter()

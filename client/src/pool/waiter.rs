@@ -8,7 +8,9 @@
 //! jobs whose time came without a wake-up are still found, and a stopping
 //! pool cancels the call.
 //!
-//! Otherwise the pool's LISTEN connection (notifier.rs) wakes the loop. That
+//! The pool asks once at start, and opens its LISTEN connection only when
+//! the server cannot wait so. Otherwise that connection (notifier.rs) wakes
+//! the loop. That
 //! connection is not the one claims run on, and a claim registers its worker
 //! for NOTIFYs only in a session that LISTENs itself: so the loop registers
 //! with `commitq.start_waiting` and claims once more, since a job committed
@@ -22,11 +24,15 @@ use tracing::warn;
 
 use crate::{driver, tls, Error};
 
-use super::{Claimed, Shared};
+use super::{Claimed, Shared, WorkerPoolBuilder};
 
 /// How long a stopping pool waits for its cancelled wait to end before
 /// cancelling again.
 const CANCEL_AGAIN: Duration = Duration::from_millis(200);
+
+/// How long the pool's start waits to learn whether the server has the
+/// waiting claim.
+const ASK_WITHIN: Duration = Duration::from_secs(5);
 
 /// What the wait brought.
 pub(super) enum Waited {
@@ -40,13 +46,28 @@ pub(super) enum Waited {
     Listen,
 }
 
+/// Whether the server has the waiting claim; `None` when the question
+/// failed (no connection yet), to be asked again by each claim loop.
+pub(super) async fn wait_supported(cfg: &WorkerPoolBuilder) -> Option<bool> {
+    let ask = async {
+        let conn = cfg.client.pool().get().await.ok()?;
+        driver::wait_supported(&**conn).await.ok()
+    };
+    // A server that does not answer soon must not hold up the pool's start.
+    tokio::time::timeout(ASK_WITHIN, ask).await.ok().flatten()
+}
+
 /// One per claim loop: whether the server has the waiting claim, asked once.
-#[derive(Default)]
 pub(super) struct Waiter {
     supported: Option<bool>,
 }
 
 impl Waiter {
+    /// `supported` as the pool found it at start, if it could ask.
+    pub(super) fn new(supported: Option<bool>) -> Waiter {
+        Waiter { supported }
+    }
+
     /// After an empty claim of `n` jobs of `queue`.
     pub(super) async fn wait(&mut self, shared: &Shared, queue: &str, n: usize) -> Waited {
         match self.try_wait(shared, queue, n).await {
@@ -69,7 +90,7 @@ impl Waiter {
         };
         if !supported {
             driver::start_waiting(&**conn, queue, &cfg.worker_id).await?;
-            let rows = driver::claim(&**conn, queue, &cfg.worker_id, n, cfg.lease).await?;
+            let rows = driver::claim(&conn, queue, &cfg.worker_id, n, cfg.lease).await?;
             return Ok(claimed(rows).map_or(Waited::Listen, Waited::Claimed));
         }
         if shared.stopping.is_cancelled() {
