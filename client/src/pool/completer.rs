@@ -4,7 +4,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::time::Instant;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -24,13 +24,6 @@ pub(super) struct Completion {
     /// For a job with a concurrency key: its queue's slots, where the key's
     /// next job runs if the completion takes it (`commitq.complete_and_take`).
     pub(super) next_runs_on: Option<Slots>,
-    /// For a job with a concurrency key: its claim slot, which the key's
-    /// next job takes over. Taken jobs then never wait for a claim slot
-    /// (while a claim loop gathers free ones for jobs it would park behind
-    /// the keys they hold: measured, a keyed drain with a local queue fell
-    /// to 1% of the same pool without keys), and the jobs in flight never
-    /// exceed the claim slots.
-    pub(super) slot: Option<OwnedSemaphorePermit>,
     /// The job's queue and kind, for the metrics' labels.
     pub(super) queue: String,
     pub(super) kind: String,
@@ -65,16 +58,6 @@ pub(super) async fn complete_batches(
     }
 }
 
-/// A completion once written: queue, kind, where a taken job runs, the
-/// lease kept until now, and the claim slot a taken job inherits.
-type Written = (
-    String,
-    String,
-    Option<Slots>,
-    Held,
-    Option<OwnedSemaphorePermit>,
-);
-
 /// Write one batch of completions and start the jobs it took.
 async fn complete_batch(
     shared: &Weak<Shared>,
@@ -93,9 +76,9 @@ async fn complete_batch(
         complete_many(cfg, &ids, &tokens).await
     };
     // Written (or refused): no more heartbeats for these jobs.
-    let batch: Vec<Written> = batch
+    let batch: Vec<(String, String, Option<Slots>, Held)> = batch
         .into_iter()
-        .map(|c| (c.queue, c.kind, c.next_runs_on, c.held, c.slot))
+        .map(|c| (c.queue, c.kind, c.next_runs_on, c.held))
         .collect();
     let rows = match result {
         Ok(rows) => rows,
@@ -106,7 +89,7 @@ async fn complete_batch(
     };
     let done = rows.iter().filter(|(completed, _)| *completed).count();
     // One row per completion, in the batch's order.
-    for ((queue, kind, _, _, _), (completed, _)) in batch.iter().zip(&rows) {
+    for ((queue, kind, _, _), (completed, _)) in batch.iter().zip(&rows) {
         if *completed {
             cfg.metrics.add_completed(queue, kind);
         } else {
@@ -119,7 +102,7 @@ async fn complete_batch(
             "completions refused: lease lost before completing"
         );
     }
-    for ((_, _, next_runs_on, held, slot), (_, next)) in batch.into_iter().zip(rows) {
+    for ((_, _, next_runs_on, held), (_, next)) in batch.into_iter().zip(rows) {
         drop(held);
         let Some(next) = next else { continue };
         cfg.metrics.add_claimed(&next.queue, &next.kind);
@@ -128,7 +111,7 @@ async fn complete_batch(
             (Some(shared), Some(slots)) => {
                 slots.adapt.saw_keyed();
                 let waiting = Waiting::new(&slots.waiting);
-                jobs.spawn(run_job(shared, next, slot, slots, waiting));
+                jobs.spawn(run_job(shared, next, None, slots, waiting));
             }
             // The pool is stopping: give the job back unstarted.
             _ => hand_back(cfg, &next).await,

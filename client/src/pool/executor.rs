@@ -41,10 +41,8 @@ pub(super) async fn run_job(
         );
         let lease = held.state.clone();
         let cancel = lease.cancel.clone();
-        // A job taken by a completion has the claim slot of the job it
-        // follows (completer.rs), one claimed has its own; without one it
-        // waits for a claim slot like the claim loops do. Then it waits for
-        // a handler slot; without
+        // A job taken by a completion (no claim slot yet) waits for a claim
+        // slot like the claim loops do, then for a handler slot; without
         // prefetch a claimed job finds a handler slot free. A job still
         // waiting when the pool stops is handed back unstarted; one whose
         // lease was lost meanwhile belongs to someone else now.
@@ -56,7 +54,7 @@ pub(super) async fn run_job(
             let running = slots.run.clone().acquire_owned().await.expect("semaphore never closed");
             (claimed, running)
         };
-        let (claim_slot, _run_slot) = tokio::select! {
+        let _slots = tokio::select! {
             biased;
             p = slots_free => p,
             _ = shared.stopping.cancelled() => {
@@ -155,10 +153,6 @@ pub(super) async fn run_job(
                         job_id: job.job_id,
                         lease_token: job.lease_token,
                         next_runs_on: job.keyed.then_some(slots),
-                        // A keyed job's claim slot goes to the key's next
-                        // job if the completion takes one, else it is
-                        // freed once the completion is written.
-                        slot: job.keyed.then_some(claim_slot),
                         queue: job.queue.clone(),
                         kind: job.kind.clone(),
                         held,
