@@ -93,6 +93,16 @@ BEGIN
         PERFORM commitq._wake(claim.queue);
     END IF;
 
+    -- Rate limits and fair queues (flow_control.sql) take their own path;
+    -- without any, this one lookup is all they cost.
+    IF EXISTS (SELECT 1 FROM commitq.rate_limits)
+       OR EXISTS (SELECT 1 FROM commitq.fair_queues f WHERE f.queue = claim.queue) THEN
+        RETURN QUERY SELECT * FROM commitq._claim_flow(claim.queue, claim.worker, claim.max_jobs, claim.lease);
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        PERFORM commitq._note_waiting(claim.queue, claim.worker, v_got > 0);
+        RETURN;
+    END IF;
+
     -- The claim floor. While a transaction older than the queue's recent
     -- claims stays open, vacuum may not remove the claim-index entries of
     -- claimed and finished jobs, and a pick from the start of the queue

@@ -101,6 +101,9 @@ AS $$
         -- Pausing queues (sql/pause.sql).
         ('operator', 'EXECUTE', 'FUNCTION commitq.pause(text)'),
         ('operator', 'EXECUTE', 'FUNCTION commitq.resume(text)'),
+        -- Rate limits and fair queues (sql/flow_control.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_rate_limit(text, integer, interval)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_fairness(text, text)'),
         -- The engine's state (sql/engine.sql): the view calls the function
         -- with the reader's privileges.
         ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
@@ -121,6 +124,7 @@ AS $$
         ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
         ('reader', 'SELECT', 'TABLE commitq.schedules'),
         ('reader', 'SELECT', 'TABLE commitq.engine_status'),
+        ('reader', 'SELECT', 'TABLE commitq.flow_control'),
         ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
         -- queue_stats calls it as its reader, like engine_status.
         ('reader', 'EXECUTE', 'FUNCTION commitq._available_by_queue()'),

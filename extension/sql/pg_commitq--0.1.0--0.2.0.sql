@@ -2771,3 +2771,941 @@ GRANT EXECUTE ON FUNCTION commitq.start_waiting(text, text), commitq.wait_suppor
 
 -- Finished jobs listed by state (schema.sql).
 CREATE INDEX finished_jobs_state_idx ON commitq.finished_jobs (state, id);
+
+-- Flow control: rate limits and fair queues (sql/flow_control.sql, sql/flow_claim.sql).
+
+-- Flow control: rate limits on queues and concurrency keys, and fair
+-- claiming across the keys of a prefix. Both are enforced by every path that
+-- hands out a job (claim, and so complete_and_claim and claim_wait; the take
+-- path of complete_and_take hands the next job of a key out through a claim
+-- instead while any rule exists), inside the database where no worker can
+-- bypass them.
+--
+-- Rate limits are a sliding window: a limit of max_jobs per `per` lets at
+-- most max_jobs jobs of the queue (or key) start in ANY window of that
+-- length, with no burst beyond it. A job "starts" when a claim hands it out;
+-- its start time is the claim's transaction time, now(), which is also the
+-- job's claimed_at, so the guarantee can be checked on the jobs themselves.
+-- Jobs over the limit stay available, spend no attempt, and are handed out
+-- by a later claim once the window has room.
+--
+-- How it holds under any number of claimers: each limited queue or key has
+-- a row in commitq.rate_windows with the starts of its current window. A
+-- claim takes that row's lock (FOR UPDATE SKIP LOCKED: a claimer holding it
+-- is passed over, never waited for), counts the starts in the window, hands
+-- out at most the room left, appends its own starts, and keeps the lock until
+-- it commits. A claim whose transaction time is older than the window's
+-- latest start hands out none of it, so starts are appended in time order
+-- and no claimer can squeeze an old start into a window others already
+-- filled. tests/isolation/specs/rate-limit.spec holds the interleavings.
+--
+-- Unlimited queues pay one lookup: commitq.claim tests whether any rule
+-- exists (an empty table and a primary-key probe) and takes its usual path
+-- when none does.
+
+-- Rate limits. `pattern` is 'queue:NAME' for a queue, or a concurrency key
+-- ('account:42'), or a key prefix ending in '*' ('tenant:*', '*' for every
+-- key): each key it covers gets its own window. For a key an exact pattern
+-- wins over prefixes, and a longer prefix over a shorter one, as in
+-- commitq.concurrency_limits.
+CREATE TABLE commitq.rate_limits (
+    pattern   text PRIMARY KEY,
+    max_jobs  integer NOT NULL CHECK (max_jobs BETWEEN 1 AND 100000),
+    per       interval NOT NULL CHECK (per BETWEEN interval '1 millisecond' AND interval '1 day')
+);
+
+-- The window of each limited queue ('queue:NAME') or key ('key:KEY'): claim
+-- times in ascending order, and how many jobs each claim started. Only
+-- starts younger than the limit's `per` are kept. Its row lock serializes
+-- the claims of one queue or key.
+CREATE TABLE commitq.rate_windows (
+    bucket  text PRIMARY KEY,
+    starts  timestamptz[] NOT NULL DEFAULT '{}',
+    counts  integer[] NOT NULL DEFAULT '{}'
+) WITH (
+    -- Rewritten by every claim of its queue or key: room for HOT updates.
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Fair queues: a claim takes jobs round-robin across the concurrency keys
+-- that start with key_prefix ('' for every key).
+CREATE TABLE commitq.fair_queues (
+    queue       text PRIMARY KEY,
+    key_prefix  text NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('commitq.rate_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.fair_queues', '');
+
+-- The fair pick: the distinct keys of a queue's available jobs, one index
+-- descent each, and each key's jobs in claim order. COLLATE "C" so that the
+-- keys of a prefix are one range of the index under any database collation.
+-- Partial on keyed jobs: jobs without a key never enter it.
+CREATE INDEX jobs_fair_idx ON commitq.jobs (queue, concurrency_key COLLATE "C", priority, run_at, id)
+    WITH (deduplicate_items = off)
+    WHERE state = 'available' AND concurrency_key IS NOT NULL;
+
+-- The first half of the advisory lock taken while creating a window's row
+-- (see _rate_room); 'cqrw' in ASCII.
+CREATE FUNCTION commitq._rate_lock_space() RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 1668379255 $$;
+
+-- How many more jobs the window of p_bucket lets start now, under a limit
+-- of p_max per p_per, taking the window's row lock for the rest of the
+-- transaction. 0 when another transaction holds the row (or is creating
+-- it), and when the window's latest start is later than our now().
+CREATE FUNCTION commitq._rate_room(p_bucket text, p_max integer, p_per interval) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_starts timestamptz[];
+    v_counts integer[];
+BEGIN
+    SELECT w.starts, w.counts INTO v_starts, v_counts
+      FROM commitq.rate_windows w WHERE w.bucket = p_bucket
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        -- A row we cannot see (not yet created, or created by a transaction
+        -- still running) is created under an advisory lock, so that two
+        -- claimers never wait for each other's INSERT; one we can see is
+        -- locked by another claimer.
+        IF EXISTS (SELECT 1 FROM commitq.rate_windows w WHERE w.bucket = p_bucket) THEN
+            RETURN 0;
+        END IF;
+        INSERT INTO commitq.rate_windows AS w (bucket)
+        SELECT p_bucket WHERE pg_try_advisory_xact_lock(commitq._rate_lock_space(), hashtext(p_bucket))
+        ON CONFLICT (bucket) DO NOTHING
+        RETURNING w.starts, w.counts INTO v_starts, v_counts;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+    END IF;
+    IF v_starts[cardinality(v_starts)] > now() THEN
+        RETURN 0;
+    END IF;
+    RETURN greatest(p_max - coalesce(
+        (SELECT sum(t.c) FROM unnest(v_starts, v_counts) AS t(s, c) WHERE t.s > now() - p_per), 0), 0);
+END
+$$;
+
+-- Record p_n jobs started now in the window of p_bucket, whose row lock
+-- _rate_room took, and forget starts older than p_per. A window holds at
+-- most 256 claims: beyond that the two oldest are counted as one at the later
+-- time, which only ever lets fewer jobs start.
+CREATE FUNCTION commitq._rate_record(p_bucket text, p_per interval, p_n integer) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_starts timestamptz[];
+    v_counts integer[];
+    v_last integer;
+BEGIN
+    SELECT coalesce(array_agg(t.s ORDER BY t.o), '{}'), coalesce(array_agg(t.c ORDER BY t.o), '{}')
+      INTO v_starts, v_counts
+      FROM commitq.rate_windows w,
+           unnest(w.starts, w.counts) WITH ORDINALITY AS t(s, c, o)
+     WHERE w.bucket = p_bucket AND t.s > now() - p_per;
+    v_last := cardinality(v_starts);
+    IF v_last > 0 AND v_starts[v_last] = now() THEN
+        v_counts[v_last] := v_counts[v_last] + p_n;
+    ELSE
+        v_starts := v_starts || now();
+        v_counts := v_counts || p_n;
+    END IF;
+    IF cardinality(v_starts) > 256 THEN
+        v_counts[2] := v_counts[1] + v_counts[2];
+        v_starts := v_starts[2:];
+        v_counts := v_counts[2:];
+    END IF;
+    UPDATE commitq.rate_windows w SET starts = v_starts, counts = v_counts WHERE w.bucket = p_bucket;
+END
+$$;
+
+-- The rate limit of a concurrency key: an exact entry, else the longest
+-- matching prefix entry; none when no entry covers it. 'queue:' entries are
+-- queues', never a key's.
+CREATE FUNCTION commitq._key_rate_limit(p_key text, OUT max_jobs integer, OUT per interval)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.max_jobs, l.per FROM commitq.rate_limits l
+     WHERE NOT pg_catalog.starts_with(l.pattern, 'queue:')
+       AND (l.pattern = p_key
+            OR (pg_catalog.right(l.pattern, 1) = '*'
+                AND pg_catalog.starts_with(p_key, pg_catalog.left(l.pattern, -1))))
+     ORDER BY l.pattern = p_key DESC, pg_catalog.length(l.pattern) DESC
+     LIMIT 1
+$$;
+
+-- Set or remove (max_jobs NULL) a rate limit: at most max_jobs jobs of the
+-- queue ('queue:NAME') or of each key the pattern covers start in any window
+-- of length `per`. Applies to the next claim; starts recorded under the
+-- previous limit keep counting for as long as they are younger than its
+-- `per`. Returns true when a limit was there before.
+CREATE FUNCTION commitq.set_rate_limit(pattern text, max_jobs integer, per interval DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_queue text := CASE WHEN starts_with(set_rate_limit.pattern, 'queue:')
+                         THEN substr(set_rate_limit.pattern, 7) END;
+    v_had boolean;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN set_rate_limit.pattern IS NULL THEN 'pattern must not be NULL'
+        WHEN set_rate_limit.max_jobs NOT BETWEEN 1 AND 100000
+            THEN format('max_jobs %s out of range 1..100000', set_rate_limit.max_jobs)
+        WHEN set_rate_limit.max_jobs IS NOT NULL AND set_rate_limit.per IS NULL
+            THEN 'per must not be NULL when max_jobs is set'
+        WHEN set_rate_limit.max_jobs IS NOT NULL
+             AND set_rate_limit.per NOT BETWEEN interval '1 millisecond' AND interval '1 day'
+            THEN format('per %s out of range 1 millisecond..1 day', set_rate_limit.per)
+        END);
+    IF v_queue IS NOT NULL THEN
+        PERFORM commitq._check(commitq._queue_problem(v_queue));
+    ELSE
+        PERFORM commitq._check(commitq._job_problem('q', 'k', 'object', 0, 0, 1, true, NULL,
+                                                    set_rate_limit.pattern));
+    END IF;
+
+    SELECT true INTO v_had FROM commitq.rate_limits l WHERE l.pattern = set_rate_limit.pattern;
+    IF set_rate_limit.max_jobs IS NULL THEN
+        DELETE FROM commitq.rate_limits l WHERE l.pattern = set_rate_limit.pattern;
+    ELSE
+        INSERT INTO commitq.rate_limits AS l (pattern, max_jobs, per)
+        VALUES (set_rate_limit.pattern, set_rate_limit.max_jobs, set_rate_limit.per)
+        ON CONFLICT (pattern) DO UPDATE SET max_jobs = excluded.max_jobs, per = excluded.per;
+        IF v_queue IS NOT NULL THEN
+            INSERT INTO commitq.rate_windows (bucket) VALUES (set_rate_limit.pattern)
+            ON CONFLICT (bucket) DO NOTHING;
+        END IF;
+    END IF;
+    RETURN coalesce(v_had, false);
+END
+$$;
+
+-- Make a queue fair across the concurrency keys that start with key_prefix
+-- ('tenant:'; '' for every key), or fair no more (key_prefix NULL). Returns
+-- true when the queue was fair before.
+CREATE FUNCTION commitq.set_fairness(queue text, key_prefix text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_had boolean;
+BEGIN
+    PERFORM commitq._check(commitq._queue_problem(set_fairness.queue));
+    IF set_fairness.key_prefix IS NOT NULL AND set_fairness.key_prefix <> '' THEN
+        PERFORM commitq._check(commitq._job_problem('q', 'k', 'object', 0, 0, 1, true, NULL,
+                                                    set_fairness.key_prefix));
+    END IF;
+    SELECT true INTO v_had FROM commitq.fair_queues f WHERE f.queue = set_fairness.queue;
+    IF set_fairness.key_prefix IS NULL THEN
+        DELETE FROM commitq.fair_queues f WHERE f.queue = set_fairness.queue;
+    ELSE
+        INSERT INTO commitq.fair_queues AS f (queue, key_prefix)
+        VALUES (set_fairness.queue, set_fairness.key_prefix)
+        ON CONFLICT (queue) DO UPDATE SET key_prefix = excluded.key_prefix;
+    END IF;
+    RETURN coalesce(v_had, false);
+END
+$$;
+
+-- Monitoring: every rule, and for rate limits how full the busiest window
+-- it covers is now (the queue's, or that of the busiest key in use that the
+-- pattern matches). Readers see this view, not the tables.
+CREATE VIEW commitq.flow_control AS
+SELECT 'rate_limit'::text AS rule, l.pattern AS target, l.max_jobs, l.per, NULL::text AS key_prefix,
+       coalesce((SELECT max((SELECT coalesce(sum(t.c), 0) FROM unnest(w.starts, w.counts) AS t(s, c)
+                              WHERE t.s > pg_catalog.now() - l.per))
+                   FROM commitq.rate_windows w
+                  WHERE w.bucket = l.pattern
+                     OR (NOT pg_catalog.starts_with(l.pattern, 'queue:')
+                         AND (w.bucket = 'key:' || l.pattern
+                              OR (pg_catalog.right(l.pattern, 1) = '*'
+                                  AND pg_catalog.starts_with(w.bucket, 'key:' || pg_catalog.left(l.pattern, -1)))))),
+                0)::bigint AS started_in_window
+  FROM commitq.rate_limits l
+UNION ALL
+SELECT 'fairness', 'queue:' || f.queue, NULL, NULL, f.key_prefix, NULL
+  FROM commitq.fair_queues f;
+
+-- The claim of a queue under flow control (rules in flow_control.sql):
+-- commitq.claim hands its work here when any rate limit exists or the queue
+-- is fair. Paused queues, concurrency keys and their slots work as in the
+-- usual claim; the keyed jobs go through _claim_keyed (concurrency_keys.sql)
+-- with their key rows already locked, so that it claims exactly the jobs
+-- chosen here and picks none of its own.
+
+-- The jobs of a fair queue to hand out next, locked, in hand-out order: the
+-- first job of each key, then the second of each, and so on (each round in
+-- claim order), over up to p_want keys with the prefix. So a key with a
+-- long backlog takes one place per round, and a key with one job waits at
+-- most one claim behind it. Which keys a claim visits rotates: the session
+-- keeps the last key it visited (setting commitq.fair_cursor, 'queue key')
+-- and its next claim starts after it, wrapping round, so with more keys than
+-- a claim takes every key is visited in turn. The setting only orders the
+-- session's own claims.
+CREATE FUNCTION commitq._fair_pick(p_queue text, p_prefix text, p_want integer) RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cursor text := pg_catalog.current_setting('commitq.fair_cursor', true);
+    v_after text;
+    v_keys text[];
+    v_wrap text[];
+    v_ids bigint[];
+BEGIN
+    IF starts_with(v_cursor, p_queue || ' ') THEN
+        v_after := substr(v_cursor, length(p_queue) + 2);
+    END IF;
+    -- Up to p_want keys after the cursor, one index descent each...
+    v_keys := commitq._fair_keys(p_queue, p_prefix, coalesce(v_after, p_prefix), v_after IS NOT NULL, p_want);
+    -- ...and from the first key of the prefix when that was not enough.
+    IF v_after IS NOT NULL AND coalesce(cardinality(v_keys), 0) < p_want THEN
+        v_wrap := commitq._fair_keys(p_queue, p_prefix, p_prefix, false,
+                                     p_want - coalesce(cardinality(v_keys), 0));
+        v_keys := coalesce(v_keys, '{}') || coalesce(
+            (SELECT array_agg(k ORDER BY o) FROM unnest(v_wrap) WITH ORDINALITY AS w(k, o)
+              WHERE k <> ALL (coalesce(v_keys, '{}'))), '{}');
+    END IF;
+    IF v_keys IS NULL OR v_keys = '{}' THEN
+        RETURN '{}';
+    END IF;
+    PERFORM pg_catalog.set_config('commitq.fair_cursor',
+        CASE WHEN cardinality(v_keys) >= p_want THEN p_queue || ' ' || v_keys[cardinality(v_keys)] ELSE '' END,
+        false);
+
+    -- Each key's first jobs, as many as a fair share of the claim, then
+    -- round by round; locked in that order, passing over jobs others hold.
+    WITH per_key AS (
+        SELECT x.id, x.rnd, x.priority, x.run_at
+          FROM unnest(v_keys) AS k(key)
+          CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.run_at,
+                       row_number() OVER (ORDER BY j.priority, j.run_at, j.id) AS rnd
+                  FROM commitq.jobs j
+                 WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
+                   AND j.concurrency_key COLLATE "C" = k.key
+                 ORDER BY j.priority, j.run_at, j.id
+                 LIMIT (p_want + cardinality(v_keys) - 1) / cardinality(v_keys)) x
+    ), chosen AS (
+        SELECT per_key.id, row_number() OVER (ORDER BY per_key.rnd, per_key.priority, per_key.run_at, per_key.id) AS ord
+          FROM per_key
+    ), locked AS (
+        SELECT j.id FROM commitq.jobs j
+         WHERE j.id = ANY (ARRAY(SELECT chosen.id FROM chosen)) AND j.state = 'available'
+           FOR UPDATE SKIP LOCKED
+    )
+    SELECT array_agg(chosen.id ORDER BY chosen.ord) INTO v_ids
+      FROM chosen WHERE chosen.id IN (SELECT locked.id FROM locked) AND chosen.ord <= p_want;
+    RETURN coalesce(v_ids, '{}');
+END
+$$;
+
+-- Up to p_n distinct keys with the prefix among the queue's available jobs,
+-- in key order from p_from (excluded when p_strict): a recursive walk of
+-- jobs_fair_idx, one descent per key.
+CREATE FUNCTION commitq._fair_keys(p_queue text, p_prefix text, p_from text, p_strict boolean, p_n integer)
+RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE k(key, n) AS (
+        (SELECT j.concurrency_key COLLATE "C", 1 FROM commitq.jobs j
+          WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
+            AND j.concurrency_key COLLATE "C" >= p_from COLLATE "C"
+            AND (NOT p_strict OR j.concurrency_key COLLATE "C" > p_from COLLATE "C")
+          ORDER BY j.concurrency_key COLLATE "C"
+          LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.concurrency_key COLLATE "C" FROM commitq.jobs j
+                 WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
+                   AND j.concurrency_key COLLATE "C" > k.key
+                 ORDER BY j.concurrency_key COLLATE "C"
+                 LIMIT 1), k.n + 1
+          FROM k
+         WHERE k.key IS NOT NULL AND pg_catalog.starts_with(k.key, p_prefix) AND k.n < p_n
+    )
+    SELECT array_agg(k.key ORDER BY k.n) FROM k
+     WHERE k.key IS NOT NULL AND pg_catalog.starts_with(k.key, p_prefix)
+$$;
+
+-- commitq.claim under flow control: the same arguments, checked by claim.
+CREATE FUNCTION commitq._claim_flow(p_queue text, p_worker text, p_max integer, p_lease interval)
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_want integer := p_max;
+    v_room integer;
+    v_limit record;
+    v_prefix text;
+    v_ids bigint[] := '{}';
+    v_more bigint[];
+    -- The candidates' keys, and whether each needs a slot of its key.
+    v_keys text[];
+    v_slots boolean[];
+    v_extra integer;
+    v_key_limits boolean := EXISTS (SELECT 1 FROM commitq.rate_limits l
+                                     WHERE NOT starts_with(l.pattern, 'queue:'));
+    -- Windows this claim holds: bucket, per, room.
+    v_buckets text[] := '{}';
+    v_pers interval[] := '{}';
+    v_rooms integer[] := '{}';
+    v_plain bigint[];
+    v_slot_ids bigint[];
+    v_slot_keys text[];
+    v_missing text[];
+    v_held text[];
+    v_claimed commitq.claimed_job[];
+    v_n integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = p_queue) THEN
+        RETURN;
+    END IF;
+
+    -- The queue's own limit caps the whole claim.
+    SELECT l.max_jobs, l.per INTO v_limit FROM commitq.rate_limits l WHERE l.pattern = 'queue:' || p_queue;
+    IF FOUND THEN
+        v_room := commitq._rate_room('queue:' || p_queue, v_limit.max_jobs, v_limit.per);
+        IF v_room <= 0 THEN
+            RETURN;
+        END IF;
+        v_want := least(v_want, v_room);
+        v_buckets := ARRAY['queue:' || p_queue];
+        v_pers := ARRAY[v_limit.per];
+        v_rooms := ARRAY[v_room];
+    END IF;
+
+    SELECT f.key_prefix INTO v_prefix FROM commitq.fair_queues f WHERE f.queue = p_queue;
+    IF FOUND THEN
+        v_ids := commitq._fair_pick(p_queue, v_prefix, v_want);
+    END IF;
+    -- Then the next jobs in claim order: what the fair pick left of the
+    -- claim, and under key limits as many again, so that jobs of keys whose
+    -- window is full leave room for others.
+    v_extra := CASE WHEN v_key_limits THEN 2 * v_want ELSE v_want END - cardinality(v_ids);
+    IF v_extra > 0 THEN
+        SELECT array_agg(s.id ORDER BY s.priority, s.run_at, s.id) INTO v_more
+          FROM (SELECT c.id, c.priority, c.run_at FROM commitq.jobs c
+                 WHERE c.queue = p_queue AND c.state = 'available' AND c.id <> ALL (v_ids)
+                 ORDER BY c.priority, c.run_at, c.id
+                 LIMIT v_extra
+                   FOR UPDATE SKIP LOCKED) s;
+        v_ids := v_ids || coalesce(v_more, '{}');
+    END IF;
+    IF v_ids = '{}' THEN
+        RETURN;
+    END IF;
+
+    SELECT array_agg(j.concurrency_key ORDER BY t.ord),
+           array_agg(j.concurrency_key IS NOT NULL AND NOT j.slot_held ORDER BY t.ord)
+      INTO v_keys, v_slots
+      FROM unnest(v_ids) WITH ORDINALITY AS t(id, ord) JOIN commitq.jobs j ON j.id = t.id;
+
+    -- Each limited key among the candidates: its window's room (locked).
+    IF v_key_limits THEN
+        FOR v_limit IN
+            SELECT k.ck, r.max_jobs, r.per
+              FROM (SELECT DISTINCT c.ck FROM unnest(v_keys) AS c(ck) WHERE c.ck IS NOT NULL) k
+              CROSS JOIN LATERAL commitq._key_rate_limit(k.ck) r
+             WHERE r.max_jobs IS NOT NULL
+             ORDER BY k.ck
+        LOOP
+            v_buckets := v_buckets || ('key:' || v_limit.ck);
+            v_pers := v_pers || v_limit.per;
+            v_rooms := v_rooms || commitq._rate_room('key:' || v_limit.ck, v_limit.max_jobs, v_limit.per);
+        END LOOP;
+    END IF;
+
+    -- The first v_want candidates that their key's window lets start.
+    SELECT array_agg(a.id ORDER BY a.ord) FILTER (WHERE NOT a.slot),
+           array_agg(a.id ORDER BY a.ord) FILTER (WHERE a.slot),
+           array_agg(a.ck ORDER BY a.ord) FILTER (WHERE a.slot)
+      INTO v_plain, v_slot_ids, v_slot_keys
+      FROM (SELECT c.id, c.ck, c.slot, c.ord
+              FROM (SELECT c.*, row_number() OVER (PARTITION BY c.ck ORDER BY c.ord) AS rnk
+                      FROM unnest(v_ids, v_keys, v_slots) WITH ORDINALITY AS c(id, ck, slot, ord)) c
+              LEFT JOIN unnest(v_buckets, v_rooms) AS b(bucket, room) ON b.bucket = 'key:' || c.ck
+             WHERE b.bucket IS NULL OR c.rnk <= b.room
+             ORDER BY c.ord
+             LIMIT v_want) a;
+
+    -- Jobs without a key, or already holding their key's slot.
+    WITH claimed AS (
+        -- The same SET list as commitq.claim's.
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + p_lease,
+               lease_interval = p_lease,
+               worker = p_worker,
+               claimed_at = now(),
+               slot_held = false
+         WHERE j.id = ANY (coalesce(v_plain, '{}'))
+        RETURNING commitq._claimed_row(j) AS r
+    )
+    SELECT array_agg(claimed.r) INTO v_claimed FROM claimed;
+
+    -- Jobs that need a slot of their key: lock their key rows (creating the
+    -- missing ones) and keep the jobs whose rows we hold, so that
+    -- _claim_keyed finds every key row and picks nothing more itself.
+    IF v_slot_ids IS NOT NULL THEN
+        SELECT array_agg(DISTINCT k) INTO v_missing FROM unnest(v_slot_keys) k
+         WHERE NOT EXISTS (SELECT 1 FROM commitq.concurrency_keys c WHERE c.key = k);
+        IF v_missing IS NOT NULL THEN
+            PERFORM commitq._create_keys(v_missing);
+        END IF;
+        SELECT array_agg(h.key) INTO v_held
+          FROM (SELECT c.key FROM commitq.concurrency_keys c
+                 WHERE c.key = ANY (v_slot_keys)
+                   FOR UPDATE SKIP LOCKED) h;
+        SELECT array_agg(t.id ORDER BY t.o), array_agg(t.ck ORDER BY t.o) INTO v_slot_ids, v_slot_keys
+          FROM unnest(v_slot_ids, v_slot_keys) WITH ORDINALITY AS t(id, ck, o)
+         WHERE t.ck = ANY (coalesce(v_held, '{}'));
+        IF v_slot_ids IS NOT NULL THEN
+            v_claimed := coalesce(v_claimed, '{}') || coalesce(
+                (SELECT array_agg(k) FROM commitq._claim_keyed(p_queue, p_worker, p_lease, v_slot_ids,
+                                                               v_slot_keys, cardinality(v_slot_ids), false) k),
+                '{}');
+        END IF;
+    END IF;
+
+    -- Count what started in each window held.
+    FOR i IN 1..cardinality(v_buckets) LOOP
+        SELECT count(*) INTO v_n FROM unnest(v_claimed) c
+         WHERE v_buckets[i] = 'queue:' || p_queue OR 'key:' || c.concurrency_key = v_buckets[i];
+        IF v_n > 0 THEN
+            PERFORM commitq._rate_record(v_buckets[i], v_pers[i], v_n);
+        END IF;
+    END LOOP;
+    IF v_claimed IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM unnest(v_claimed);
+    END IF;
+END
+$$;
+
+-- What commitq.claim does with its waiting_workers entry at its end, for a
+-- claim under flow control: a claim that found work clears it; one that
+-- found nothing registers the worker if its session LISTENs on the queue.
+CREATE FUNCTION commitq._note_waiting(p_queue text, p_worker text, p_got boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_got THEN
+        DELETE FROM commitq.waiting_workers w WHERE w.queue = p_queue AND w.worker = p_worker;
+    ELSIF 'commitq:' || p_queue IN (SELECT pg_listening_channels()) THEN
+        INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (p_queue, p_worker)
+        ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
+    END IF;
+END
+$$;
+
+-- claim hands work to _claim_flow under flow control (sql/claim.sql).
+-- Claim up to max_jobs due jobs of a queue, in priority, run_at, id order.
+-- Each claimed job gets a lease until now() + lease and a lease token larger
+-- than any earlier token of that job; pass both to complete/fail/heartbeat.
+CREATE OR REPLACE FUNCTION commitq.claim(
+    queue text,
+    worker text,
+    max_jobs integer DEFAULT 1,
+    lease interval DEFAULT '5 minutes')
+RETURNS SETOF commitq.claimed_job
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Plan once per session: the default re-plans these statements on every
+-- call for a while, which cost more than running them (measured: claim of 4
+-- jobs 0.48 ms -> 0.30 ms).
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_claimed commitq.claimed_job[];
+    v_picked integer;
+    v_keyed_ids bigint[];
+    v_keyed_keys text[];
+    v_got integer := 0;
+    v_keyed integer;
+    -- The session's claim floor (see below): until (microseconds since the
+    -- epoch, clock time), queue, priority, run_at (microseconds), id.
+    v_floor text[] := pg_catalog.string_to_array(pg_catalog.current_setting('commitq.claim_floor', true), '|');
+    v_now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    v_until bigint;
+    v_fp smallint := -32768;
+    v_fr timestamptz := '-infinity';
+    v_fi bigint := -9223372036854775807;
+    v_first_p smallint;
+    v_first_r timestamptz;
+    v_first_i bigint;
+    v_crossed bigint;
+BEGIN
+    PERFORM commitq._check(coalesce(
+        commitq._queue_problem(claim.queue),
+        commitq._worker_lease_problem(claim.worker, claim.lease),
+        CASE WHEN claim.max_jobs IS NULL OR claim.max_jobs NOT BETWEEN 1 AND 10000
+            THEN format('max_jobs %s out of range 1..10000', coalesce(claim.max_jobs::text, 'NULL'))
+        END));
+
+    -- Scheduled jobs that have come due become available. SKIP LOCKED: a row
+    -- another claimer is promoting right now is theirs to promote.
+    UPDATE commitq.jobs j
+       SET state = 'available'
+     WHERE j.id IN (SELECT s.id FROM commitq.jobs s
+                     WHERE s.state = 'scheduled' AND s.run_at <= now() AND s.queue = claim.queue
+                       AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                     ORDER BY s.run_at
+                     LIMIT 1000
+                       FOR UPDATE SKIP LOCKED);
+    -- Others waiting on the queue may take what this claim leaves.
+    IF FOUND THEN
+        PERFORM commitq._wake(claim.queue);
+    END IF;
+
+    -- Rate limits and fair queues (flow_control.sql) take their own path;
+    -- without any, this one lookup is all they cost.
+    IF EXISTS (SELECT 1 FROM commitq.rate_limits)
+       OR EXISTS (SELECT 1 FROM commitq.fair_queues f WHERE f.queue = claim.queue) THEN
+        RETURN QUERY SELECT * FROM commitq._claim_flow(claim.queue, claim.worker, claim.max_jobs, claim.lease);
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        PERFORM commitq._note_waiting(claim.queue, claim.worker, v_got > 0);
+        RETURN;
+    END IF;
+
+    -- The claim floor. While a transaction older than the queue's recent
+    -- claims stays open, vacuum may not remove the claim-index entries of
+    -- claimed and finished jobs, and a pick from the start of the queue
+    -- visits each of them and its heap row (measured with a transaction held
+    -- open: a claim of 100 after 70,000 claims crossed 70,100 entries). A
+    -- session whose full pick crossed more than 10,000 entries beyond those
+    -- it returned starts its next picks of that queue at the first job that
+    -- pick claimed, its floor, kept in the session setting
+    -- commitq.claim_floor, for one second; then, or as soon as a pick from
+    -- the floor comes back short (same call), it picks from the start again.
+    -- A job that becomes available below a floor (a higher priority, an older
+    -- run_at) is so claimed at most a second late, and only while vacuum is
+    -- held back (a long transaction; also a long ANALYZE, for its duration):
+    -- otherwise no floor is ever set and the order is exact. The
+    -- setting affects only the session's own claims; one that does not parse
+    -- or lies more than a second ahead is ignored.
+    IF pg_catalog.array_to_string(v_floor, '|')
+           ~ '^[0-9]{1,17}\|[a-z0-9_.-]+\|-?[0-9]{1,5}\|-?[0-9]{1,17}\|-?[0-9]{1,18}$'
+       AND v_floor[2] = claim.queue
+       AND v_floor[1]::bigint BETWEEN v_now_us AND v_now_us + 1000000
+       AND v_floor[3]::integer BETWEEN -32768 AND 32767 THEN
+        v_until := v_floor[1]::bigint;
+        v_fp := v_floor[3]::smallint;
+        v_fr := timestamptz 'epoch' + v_floor[4]::bigint * interval '1 microsecond';
+        v_fi := v_floor[5]::bigint;
+    END IF;
+
+    FOR v_pass IN 1..2 LOOP
+        v_crossed := pg_stat_get_xact_tuples_returned('commitq.jobs_claim_idx'::regclass);
+        -- One statement claims the jobs without a concurrency key among the
+        -- next max_jobs in claim order. Keyed ones among them stay locked by us
+        -- and go to _claim_keyed (concurrency_keys.sql), which also needs a slot of
+        -- their key.
+        WITH picked AS (
+            -- A job handed its key's slot already holds it: it is claimed like
+            -- a job without a key.
+            SELECT c.id, CASE WHEN NOT c.slot_held THEN c.concurrency_key END AS ck,
+                   c.priority, c.run_at FROM commitq.jobs c
+             WHERE c.queue = claim.queue AND c.state = 'available'
+               AND (c.priority, c.run_at, c.id) >= (v_fp, v_fr, v_fi)
+               -- A paused queue hands out nothing (pause.sql). Tested in this
+               -- statement, under the snapshot that picks the jobs.
+               AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = claim.queue)
+             ORDER BY c.priority, c.run_at, c.id
+             LIMIT claim.max_jobs - coalesce(v_picked, 0)
+               FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            -- The same SET list is written out in _claim_keyed and in
+            -- _promote_blocked's take path (concurrency_keys.sql); a test
+            -- (every_claim_path_writes_the_same_bookkeeping) checks they agree.
+            UPDATE commitq.jobs j
+               SET state = 'running',
+                   attempt = j.attempt + 1,
+                   lease_token = j.lease_token + 1,
+                   lease_expires_at = now() + claim.lease,
+                   lease_interval = claim.lease,
+                   worker = claim.worker,
+                   claimed_at = now(),
+                   slot_held = false
+             -- `= ANY (ARRAY(...))`: an index lookup in any plan, where a join
+             -- could be planned as a scan of the whole table (the plan is made
+             -- once, not knowing how many jobs a call wants).
+             WHERE j.id = ANY (ARRAY(SELECT picked.id FROM picked WHERE picked.ck IS NULL))
+            RETURNING commitq._claimed_row(j) AS r
+        )
+        SELECT v_claimed || (SELECT array_agg(claimed.r) FROM claimed),
+               coalesce(v_picked, 0) + (SELECT count(*) FROM picked),
+               v_keyed_ids || (SELECT array_agg(picked.id ORDER BY picked.priority, picked.run_at, picked.id)
+                  FROM picked WHERE picked.ck IS NOT NULL),
+               v_keyed_keys || (SELECT array_agg(picked.ck ORDER BY picked.priority, picked.run_at, picked.id)
+                  FROM picked WHERE picked.ck IS NOT NULL),
+               f.priority, f.run_at, f.id
+          INTO v_claimed, v_picked, v_keyed_ids, v_keyed_keys, v_first_p, v_first_r, v_first_i
+          FROM (SELECT 1) one
+          LEFT JOIN LATERAL (SELECT picked.priority, picked.run_at, picked.id FROM picked
+                              ORDER BY picked.priority, picked.run_at, picked.id LIMIT 1) f ON true;
+        v_crossed := pg_stat_get_xact_tuples_returned('commitq.jobs_claim_idx'::regclass) - v_crossed;
+
+        IF v_until IS NULL THEN
+            -- A full pick: set a floor when it crossed many entries it could
+            -- not use (with track_counts off the count stays 0: no floor).
+            IF v_crossed - v_picked > 10000 AND v_first_i IS NOT NULL THEN
+                PERFORM pg_catalog.set_config('commitq.claim_floor', pg_catalog.format('%s|%s|%s|%s|%s',
+                    v_now_us + 1000000, claim.queue, v_first_p,
+                    (extract(epoch FROM v_first_r) * 1000000)::bigint, v_first_i), false);
+            ELSIF v_floor IS NOT NULL AND v_floor <> '{}' THEN
+                PERFORM pg_catalog.set_config('commitq.claim_floor', '', false);
+            END IF;
+            EXIT;
+        ELSIF v_picked = claim.max_jobs THEN
+            -- A floor pick that found max_jobs: the floor moves up to the
+            -- first of them.
+            PERFORM pg_catalog.set_config('commitq.claim_floor', pg_catalog.format('%s|%s|%s|%s|%s',
+                v_until, claim.queue, v_first_p,
+                (extract(epoch FROM v_first_r) * 1000000)::bigint, v_first_i), false);
+            EXIT;
+        END IF;
+        -- A floor pick that came back short: jobs may wait below the floor.
+        v_until := NULL;
+        v_fp := -32768;
+        v_fr := '-infinity';
+        v_fi := -9223372036854775807;
+    END LOOP;
+
+    IF v_claimed IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM unnest(v_claimed);
+        v_got := cardinality(v_claimed);
+    END IF;
+    IF v_keyed_ids IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM commitq._claim_keyed(
+            claim.queue, claim.worker, claim.lease, v_keyed_ids, v_keyed_keys,
+            -- room left in the batch, and whether the queue may hold more
+            claim.max_jobs - v_got, v_picked = claim.max_jobs);
+        GET DIAGNOSTICS v_keyed = ROW_COUNT;
+        v_got := v_got + v_keyed;
+    END IF;
+
+    -- A claim that found nothing registers the worker as waiting, so that
+    -- enqueues to this queue send it a NOTIFY, but only when this session
+    -- LISTENs on the queue's channel: a polling worker, or one waiting in
+    -- commitq.claim_wait, would make every producer pay a NOTIFY for
+    -- nothing. (A worker that LISTENs on another connection calls
+    -- commitq.start_waiting.) A claim that found work clears it.
+    IF v_got > 0 THEN
+        DELETE FROM commitq.waiting_workers w WHERE w.queue = claim.queue AND w.worker = claim.worker;
+    ELSIF 'commitq:' || claim.queue IN (SELECT pg_listening_channels()) THEN
+        INSERT INTO commitq.waiting_workers AS w (queue, worker) VALUES (claim.queue, claim.worker)
+        ON CONFLICT (queue, worker) DO UPDATE SET since = excluded.since;
+    END IF;
+END
+$$;
+
+-- The take path leaves jobs under flow control to a claim (sql/concurrency_keys.sql).
+-- Make up to p_counts[i] blocked jobs of key p_keys[i] available, in claim
+-- order, each holding one of the key's free slots (slot_held, counted in
+-- `running`), and wake their queues. Handing the slot over here, rather than
+-- freeing it for whichever claimer comes first, means the promoted job is
+-- claimed like a job without a key (no key row to lock or write) and cannot
+-- lose its turn to a later job of the key, only to be parked again. The
+-- caller holds the keys' row locks, and calls this in a statement of its own
+-- after taking them, so that at READ COMMITTED it sees the jobs a claimer
+-- parked while the caller waited for a lock.
+--
+-- With p_worker, a promoted job whose queue is p_take_queues[i] is claimed
+-- for p_worker under a new lease of p_lease instead (see complete_and_take):
+-- it goes straight from blocked to running, one write instead of two, and
+-- comes back in `taken`. Returns how many jobs got a slot, taken ones
+-- included.
+CREATE OR REPLACE FUNCTION commitq._promote_blocked(
+    p_keys text[], p_counts integer[],
+    p_take_queues text[] DEFAULT NULL, p_worker text DEFAULT NULL, p_lease interval DEFAULT NULL,
+    OUT promoted integer, OUT taken commitq.claimed_job[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_queues text[];
+BEGIN
+    WITH next AS (
+        -- A job of a paused queue (pause.sql) is made available, not taken;
+        -- so is one while a rate limit exists or of a fair queue
+        -- (flow_control.sql): a claim hands it out under the rules.
+        SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue
+                     AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = b.queue)
+                     AND NOT EXISTS (SELECT 1 FROM commitq.rate_limits)
+                     AND NOT EXISTS (SELECT 1 FROM commitq.fair_queues fq WHERE fq.queue = b.queue) AS take
+          FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
+          CROSS JOIN LATERAL (
+                SELECT x.id, x.queue FROM commitq.jobs x
+                 WHERE x.concurrency_key = f.key AND x.state = 'blocked'
+                 ORDER BY x.priority, x.run_at, x.id
+                 LIMIT greatest(f.n, 0)) b
+    ), handed AS (
+        -- A blocked job an operator is cancelling right now is waited for,
+        -- and skipped if it is gone. The state test is a CASE so that the
+        -- plan looks the jobs up by primary key, never by a scan of
+        -- jobs_blocked_idx (see _locked_lease).
+        UPDATE commitq.jobs j SET state = 'available', slot_held = true
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE NOT next.take))
+           AND CASE WHEN j.state = 'blocked' THEN true END
+        RETURNING j.queue, j.concurrency_key
+    ), claimed AS (
+        -- The same claim as commitq.claim's, for the jobs taken.
+        UPDATE commitq.jobs j
+           SET state = 'running',
+               attempt = j.attempt + 1,
+               lease_token = j.lease_token + 1,
+               lease_expires_at = now() + p_lease,
+               lease_interval = p_lease,
+               worker = p_worker,
+               claimed_at = now(),
+               slot_held = false
+         WHERE j.id = ANY (ARRAY(SELECT next.id FROM next WHERE next.take))
+           AND CASE WHEN j.state = 'blocked' THEN true END
+        RETURNING j.concurrency_key, commitq._claimed_row(j) AS r
+    ), per_key AS (
+        SELECT s.key, count(*) AS n
+          FROM (SELECT handed.concurrency_key AS key FROM handed
+                UNION ALL
+                SELECT claimed.concurrency_key FROM claimed) s
+         GROUP BY s.key
+    ), counted AS (
+        UPDATE commitq.concurrency_keys c
+           SET blocked = c.blocked - per_key.n,
+               running = c.running + per_key.n
+          FROM per_key
+         WHERE c.key = ANY (ARRAY(SELECT per_key.key FROM per_key))
+           AND c.key = per_key.key
+    )
+    SELECT (SELECT array_agg(DISTINCT handed.queue) FROM handed),
+           (SELECT count(*) FROM handed) + (SELECT count(*) FROM claimed),
+           (SELECT array_agg(claimed.r ORDER BY (claimed.r).priority, (claimed.r).run_at, (claimed.r).job_id)
+              FROM claimed)
+      INTO v_queues, promoted, taken;
+    IF v_queues IS NOT NULL THEN
+        PERFORM commitq._wake(q) FROM unnest(v_queues) q;
+    END IF;
+END
+$$;
+
+-- The operator and reader rows of flow control (sql/security.sql).
+-- What each role may do, listed once: the GRANTs below give it to the
+-- cluster roles at install, and commitq.grant_producer and friends give it
+-- to a role inside one database. commitq_operator is also a member of the
+-- other two, so its rows are only what it adds to them.
+CREATE OR REPLACE FUNCTION commitq._role_privileges()
+RETURNS TABLE (kind text, privilege text, object text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT v.kind, v.privilege, v.object FROM (VALUES
+        ('producer', 'USAGE', 'SCHEMA commitq'),
+        ('producer', 'USAGE', 'TYPE commitq.job_state'),
+        ('producer', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[])'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(jsonb)'),
+        -- Named leases are for application code and workers alike.
+        ('producer', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('worker', 'USAGE', 'SCHEMA commitq'),
+        ('worker', 'USAGE', 'TYPE commitq.job_state'),
+        ('worker', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.claim(text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_many(bigint[], bigint[])'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_take(bigint[], bigint[], text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.stop_waiting(text, text)'),
+        -- The waiting claim (sql/claim_wait.sql, sql/wakeup.sql).
+        ('worker', 'EXECUTE', 'PROCEDURE commitq.claim_wait(text, text, integer, interval, interval, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.start_waiting(text, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.wait_supported()'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.fail(bigint, bigint, text, interval, boolean)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.heartbeat(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.snooze(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_lease(bigint, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_begin(bigint, bigint, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_done(bigint, bigint, text, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.maintain()'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('operator', 'USAGE', 'SCHEMA commitq'),
+        ('operator', 'USAGE', 'TYPE commitq.job_state'),
+        ('operator', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
+        -- Cron schedules (sql/schedule.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- Pausing queues (sql/pause.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.pause(text)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.resume(text)'),
+        -- Rate limits and fair queues (sql/flow_control.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_rate_limit(text, integer, interval)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_fairness(text, text)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
+        -- Operators read every table and change only the settings.
+        ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
+        ('operator', 'UPDATE', 'TABLE commitq.config'),
+        -- Dashboards and exporters: the views and nothing else. The view
+        -- engine_status calls _engine_status with the reader's privileges.
+        -- (A revoke finds the kinds a role still holds by their functions:
+        -- _engine_status is the reader's.)
+        ('reader', 'USAGE', 'SCHEMA commitq'),
+        ('reader', 'USAGE', 'TYPE commitq.job_state'),
+        ('reader', 'SELECT', 'TABLE commitq.queue_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.throughput'),
+        ('reader', 'SELECT', 'TABLE commitq.job_list'),
+        ('reader', 'SELECT', 'TABLE commitq.concurrency_key_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
+        ('reader', 'SELECT', 'TABLE commitq.schedules'),
+        ('reader', 'SELECT', 'TABLE commitq.engine_status'),
+        ('reader', 'SELECT', 'TABLE commitq.flow_control'),
+        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        -- queue_stats calls it as its reader, like engine_status.
+        ('reader', 'EXECUTE', 'FUNCTION commitq._available_by_queue()'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq._available_by_queue()')
+    ) v(kind, privilege, object)
+$$;
+
+REVOKE ALL ON TABLE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control FROM PUBLIC;
+REVOKE ALL ON FUNCTION commitq._rate_lock_space(), commitq._rate_room(text, integer, interval),
+    commitq._rate_record(text, interval, integer), commitq._key_rate_limit(text),
+    commitq.set_rate_limit(text, integer, interval), commitq.set_fairness(text, text),
+    commitq._fair_pick(text, text, integer), commitq._fair_keys(text, text, text, boolean, integer),
+    commitq._claim_flow(text, text, integer, interval), commitq._note_waiting(text, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION commitq.set_rate_limit(text, integer, interval), commitq.set_fairness(text, text)
+    TO commitq_operator;
+GRANT SELECT ON TABLE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control
+    TO commitq_operator;
+GRANT SELECT ON TABLE commitq.flow_control TO commitq_reader;
+REVOKE ALL ON TYPE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control FROM PUBLIC;

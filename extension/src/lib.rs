@@ -119,6 +119,16 @@ extension_sql_file!(
     name = "monitoring",
     requires = ["engine", "named_lease", "pause"]
 );
+extension_sql_file!(
+    "../../sql/flow_control.sql",
+    name = "flow_control",
+    requires = ["checks"]
+);
+extension_sql_file!(
+    "../../sql/flow_claim.sql",
+    name = "flow_claim",
+    requires = ["flow_control", "claim", "concurrency_keys"]
+);
 // Grants go last so they see every function the files above created.
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 

@@ -261,6 +261,8 @@ pub async fn everything_stored(db: &impl Sql) -> String {
         "concurrency_limits",
         "job_effects",
         "named_leases",
+        "rate_limits",
+        "fair_queues",
     ] {
         let sql = format!(
             "SELECT coalesce(jsonb_agg(t ORDER BY t::text), '[]')::text FROM commitq.{table} t"

@@ -175,6 +175,22 @@ const CALLS: &[Call] = &[
         &[("'tenant:*'", "text"), ("3", "integer")],
         &[1],
     ),
+    // NULL max_jobs removes a limit (and per is then not needed); NULL
+    // key_prefix makes a queue fair no more.
+    (
+        "set_rate_limit",
+        &[
+            ("'queue:q'", "text"),
+            ("5", "integer"),
+            ("'1 second'", "interval"),
+        ],
+        &[1],
+    ),
+    (
+        "set_fairness",
+        &[("'q'", "text"), ("'tenant:'", "text")],
+        &[1],
+    ),
 ];
 
 #[tokio::test]
@@ -409,6 +425,19 @@ async fn bad_input_gets_its_sqlstate_and_changes_nothing() {
         ("CQ001", "SELECT commitq.complete_many(ARRAY[1, 2], ARRAY[1])".into()),
         ("CQ001", "SELECT commitq.set_concurrency_limit('account:*', 0)".into()),
         ("CQ001", "SELECT commitq.set_concurrency_limit(E'a\\nb', 2)".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 0, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 100001, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 5, NULL)".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 5, '0 seconds')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 5, '-1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:q', 5, '2 days')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:Bad Queue', 5, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('queue:*', 5, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit(E'tenant:\\n*', 5, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_rate_limit('', 5, '1 second')".into()),
+        ("CQ001", "SELECT commitq.set_fairness('bad queue', 'tenant:')".into()),
+        ("CQ001", format!("SELECT commitq.set_fairness('q', '{}')", "t".repeat(256))),
+        ("CQ001", "SELECT commitq.set_fairness('q', E'tenant\\t')".into()),
         ("CQ101", "SELECT commitq.complete(999, 1)".into()),
         ("CQ101", "SELECT commitq.cancel(999)".into()),
         ("CQ101", "SELECT commitq.retry(999)".into()),

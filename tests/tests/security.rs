@@ -154,6 +154,16 @@ const FUNCTIONS: &[(&str, &[&str], &str)] = &[
         "SELECT commitq.unschedule('nightly')",
     ),
     ("pause", &["operator"], "SELECT commitq.pause('q')"),
+    (
+        "set_rate_limit",
+        &["operator"],
+        "SELECT commitq.set_rate_limit('queue:q', 10, '1 second')",
+    ),
+    (
+        "set_fairness",
+        &["operator"],
+        "SELECT commitq.set_fairness('q', 'tenant:')",
+    ),
     ("resume", &["operator"], "SELECT commitq.resume('q')"),
     // For the database's owner only (pg_database_owner), none of the roles
     // here: tests/database_grants.rs.
@@ -224,6 +234,7 @@ fn may_execute(role: &str, granted: &[&str]) -> bool {
 const READER_VIEWS: &[&str] = &[
     "concurrency_key_stats",
     "engine_status",
+    "flow_control",
     "job_list",
     "named_lease_holders",
     "queue_stats",
