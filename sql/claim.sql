@@ -93,9 +93,11 @@ BEGIN
         PERFORM commitq._wake(claim.queue);
     END IF;
 
-    -- Rate limits and fair queues (flow_control.sql) take their own path;
-    -- without any, this one lookup is all they cost.
-    IF EXISTS (SELECT 1 FROM commitq.rate_limits)
+    -- Under a rate limit of this queue or of keys (keys are global), or in
+    -- a fair queue (flow_control.sql), the claim takes its own path; without
+    -- any, this one lookup is all flow control costs.
+    IF EXISTS (SELECT 1 FROM commitq.rate_limits l
+                WHERE l.pattern = 'queue:' || claim.queue OR NOT starts_with(l.pattern, 'queue:'))
        OR EXISTS (SELECT 1 FROM commitq.fair_queues f WHERE f.queue = claim.queue) THEN
         RETURN QUERY SELECT * FROM commitq._claim_flow(claim.queue, claim.worker, claim.max_jobs, claim.lease);
         GET DIAGNOSTICS v_got = ROW_COUNT;

@@ -230,11 +230,14 @@ DECLARE
 BEGIN
     WITH next AS (
         -- A job of a paused queue (pause.sql) is made available, not taken;
-        -- so is one while a rate limit exists or of a fair queue
-        -- (flow_control.sql): a claim hands it out under the rules.
+        -- so is one under flow control (a rate limit of its queue or of
+        -- keys, or a fair queue: flow_control.sql), for a claim to hand out
+        -- under the rules.
         SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue
                      AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = b.queue)
-                     AND NOT EXISTS (SELECT 1 FROM commitq.rate_limits)
+                     AND NOT EXISTS (SELECT 1 FROM commitq.rate_limits l
+                                      WHERE l.pattern = 'queue:' || b.queue
+                                         OR NOT starts_with(l.pattern, 'queue:'))
                      AND NOT EXISTS (SELECT 1 FROM commitq.fair_queues fq WHERE fq.queue = b.queue) AS take
           FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
           CROSS JOIN LATERAL (

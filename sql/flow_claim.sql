@@ -131,6 +131,9 @@ DECLARE
     v_claimed commitq.claimed_job[];
     v_n integer;
 BEGIN
+    IF pg_catalog.current_setting('commitq.flow_retry_ms', true) <> '' THEN
+        PERFORM pg_catalog.set_config('commitq.flow_retry_ms', '', false);
+    END IF;
     IF EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = p_queue) THEN
         RETURN;
     END IF;

@@ -89,6 +89,8 @@ AS $$
 DECLARE
     v_starts timestamptz[];
     v_counts integer[];
+    v_room integer;
+    v_free_in interval;
 BEGIN
     SELECT w.starts, w.counts INTO v_starts, v_counts
       FROM commitq.rate_windows w WHERE w.bucket = p_bucket
@@ -99,6 +101,7 @@ BEGIN
         -- claimers never wait for each other's INSERT; one we can see is
         -- locked by another claimer.
         IF EXISTS (SELECT 1 FROM commitq.rate_windows w WHERE w.bucket = p_bucket) THEN
+            PERFORM commitq._flow_retry_in(interval '10 milliseconds');
             RETURN 0;
         END IF;
         INSERT INTO commitq.rate_windows AS w (bucket)
@@ -110,10 +113,35 @@ BEGIN
         END IF;
     END IF;
     IF v_starts[cardinality(v_starts)] > now() THEN
+        PERFORM commitq._flow_retry_in(interval '10 milliseconds');
         RETURN 0;
     END IF;
-    RETURN greatest(p_max - coalesce(
-        (SELECT sum(t.c) FROM unnest(v_starts, v_counts) AS t(s, c) WHERE t.s > now() - p_per), 0), 0);
+    SELECT greatest(p_max - coalesce(sum(t.c), 0), 0), min(t.s) + p_per - clock_timestamp()
+      INTO v_room, v_free_in
+      FROM unnest(v_starts, v_counts) AS t(s, c) WHERE t.s > now() - p_per;
+    IF v_room = 0 THEN
+        PERFORM commitq._flow_retry_in(v_free_in);
+    END IF;
+    RETURN v_room;
+END
+$$;
+
+-- A claim that hands out nothing because a window is full leaves, in the
+-- session setting commitq.flow_retry_ms, how soon the earliest such window
+-- has room: commitq.claim_wait, which otherwise sleeps until a commit wakes
+-- it, claims again then (no commit marks a window's room coming back).
+-- commitq._claim_flow clears it at its start.
+CREATE FUNCTION commitq._flow_retry_in(p_in interval) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ms bigint := greatest(ceil(extract(epoch FROM p_in) * 1000), 1)::bigint;
+    v_was text := pg_catalog.current_setting('commitq.flow_retry_ms', true);
+BEGIN
+    IF v_was IS NULL OR v_was !~ '^[0-9]{1,12}$' OR v_was::bigint > v_ms THEN
+        PERFORM pg_catalog.set_config('commitq.flow_retry_ms', v_ms::text, false);
+    END IF;
 END
 $$;
 

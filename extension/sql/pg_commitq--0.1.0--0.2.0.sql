@@ -2865,6 +2865,8 @@ AS $$
 DECLARE
     v_starts timestamptz[];
     v_counts integer[];
+    v_room integer;
+    v_free_in interval;
 BEGIN
     SELECT w.starts, w.counts INTO v_starts, v_counts
       FROM commitq.rate_windows w WHERE w.bucket = p_bucket
@@ -2875,6 +2877,7 @@ BEGIN
         -- claimers never wait for each other's INSERT; one we can see is
         -- locked by another claimer.
         IF EXISTS (SELECT 1 FROM commitq.rate_windows w WHERE w.bucket = p_bucket) THEN
+            PERFORM commitq._flow_retry_in(interval '10 milliseconds');
             RETURN 0;
         END IF;
         INSERT INTO commitq.rate_windows AS w (bucket)
@@ -2886,10 +2889,35 @@ BEGIN
         END IF;
     END IF;
     IF v_starts[cardinality(v_starts)] > now() THEN
+        PERFORM commitq._flow_retry_in(interval '10 milliseconds');
         RETURN 0;
     END IF;
-    RETURN greatest(p_max - coalesce(
-        (SELECT sum(t.c) FROM unnest(v_starts, v_counts) AS t(s, c) WHERE t.s > now() - p_per), 0), 0);
+    SELECT greatest(p_max - coalesce(sum(t.c), 0), 0), min(t.s) + p_per - clock_timestamp()
+      INTO v_room, v_free_in
+      FROM unnest(v_starts, v_counts) AS t(s, c) WHERE t.s > now() - p_per;
+    IF v_room = 0 THEN
+        PERFORM commitq._flow_retry_in(v_free_in);
+    END IF;
+    RETURN v_room;
+END
+$$;
+
+-- A claim that hands out nothing because a window is full leaves, in the
+-- session setting commitq.flow_retry_ms, how soon the earliest such window
+-- has room: commitq.claim_wait, which otherwise sleeps until a commit wakes
+-- it, claims again then (no commit marks a window's room coming back).
+-- commitq._claim_flow clears it at its start.
+CREATE FUNCTION commitq._flow_retry_in(p_in interval) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ms bigint := greatest(ceil(extract(epoch FROM p_in) * 1000), 1)::bigint;
+    v_was text := pg_catalog.current_setting('commitq.flow_retry_ms', true);
+BEGIN
+    IF v_was IS NULL OR v_was !~ '^[0-9]{1,12}$' OR v_was::bigint > v_ms THEN
+        PERFORM pg_catalog.set_config('commitq.flow_retry_ms', v_ms::text, false);
+    END IF;
 END
 $$;
 
@@ -3173,6 +3201,9 @@ DECLARE
     v_claimed commitq.claimed_job[];
     v_n integer;
 BEGIN
+    IF pg_catalog.current_setting('commitq.flow_retry_ms', true) <> '' THEN
+        PERFORM pg_catalog.set_config('commitq.flow_retry_ms', '', false);
+    END IF;
     IF EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = p_queue) THEN
         RETURN;
     END IF;
@@ -3376,9 +3407,11 @@ BEGIN
         PERFORM commitq._wake(claim.queue);
     END IF;
 
-    -- Rate limits and fair queues (flow_control.sql) take their own path;
-    -- without any, this one lookup is all they cost.
-    IF EXISTS (SELECT 1 FROM commitq.rate_limits)
+    -- Under a rate limit of this queue or of keys (keys are global), or in
+    -- a fair queue (flow_control.sql), the claim takes its own path; without
+    -- any, this one lookup is all flow control costs.
+    IF EXISTS (SELECT 1 FROM commitq.rate_limits l
+                WHERE l.pattern = 'queue:' || claim.queue OR NOT starts_with(l.pattern, 'queue:'))
        OR EXISTS (SELECT 1 FROM commitq.fair_queues f WHERE f.queue = claim.queue) THEN
         RETURN QUERY SELECT * FROM commitq._claim_flow(claim.queue, claim.worker, claim.max_jobs, claim.lease);
         GET DIAGNOSTICS v_got = ROW_COUNT;
@@ -3546,11 +3579,14 @@ DECLARE
 BEGIN
     WITH next AS (
         -- A job of a paused queue (pause.sql) is made available, not taken;
-        -- so is one while a rate limit exists or of a fair queue
-        -- (flow_control.sql): a claim hands it out under the rules.
+        -- so is one under flow control (a rate limit of its queue or of
+        -- keys, or a fair queue: flow_control.sql), for a claim to hand out
+        -- under the rules.
         SELECT b.id, p_worker IS NOT NULL AND b.queue = f.take_queue
                      AND NOT EXISTS (SELECT 1 FROM commitq.paused_queues p WHERE p.queue = b.queue)
-                     AND NOT EXISTS (SELECT 1 FROM commitq.rate_limits)
+                     AND NOT EXISTS (SELECT 1 FROM commitq.rate_limits l
+                                      WHERE l.pattern = 'queue:' || b.queue
+                                         OR NOT starts_with(l.pattern, 'queue:'))
                      AND NOT EXISTS (SELECT 1 FROM commitq.fair_queues fq WHERE fq.queue = b.queue) AS take
           FROM unnest(p_keys, p_counts, p_take_queues) AS f(key, n, take_queue)
           CROSS JOIN LATERAL (
@@ -3698,14 +3734,15 @@ AS $$
 $$;
 
 REVOKE ALL ON TABLE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control FROM PUBLIC;
+REVOKE ALL ON TYPE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control FROM PUBLIC;
 REVOKE ALL ON FUNCTION commitq._rate_lock_space(), commitq._rate_room(text, integer, interval),
     commitq._rate_record(text, interval, integer), commitq._key_rate_limit(text),
     commitq.set_rate_limit(text, integer, interval), commitq.set_fairness(text, text),
     commitq._fair_pick(text, text, integer), commitq._fair_keys(text, text, text, boolean, integer),
-    commitq._claim_flow(text, text, integer, interval), commitq._note_waiting(text, text, boolean) FROM PUBLIC;
+    commitq._claim_flow(text, text, integer, interval), commitq._note_waiting(text, text, boolean),
+    commitq._flow_retry_in(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION commitq.set_rate_limit(text, integer, interval), commitq.set_fairness(text, text)
     TO commitq_operator;
 GRANT SELECT ON TABLE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control
     TO commitq_operator;
 GRANT SELECT ON TABLE commitq.flow_control TO commitq_reader;
-REVOKE ALL ON TYPE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control FROM PUBLIC;

@@ -126,11 +126,15 @@ pub unsafe extern "C-unwind" fn commitq_claim_wait(
             if Instant::now() >= deadline {
                 break None;
             }
+            // A claim that held jobs back under a rate limit says when the
+            // window has room again: no commit will wake us then.
+            let retry = flow_retry().map(|d| Instant::now() + d);
             // The empty claim's transaction ends, and with it every
             // snapshot: nothing below runs a statement until the next claim.
             commit();
             if attached {
-                if !wait_slots::sleep_while(slot, seen, deadline) {
+                let until = retry.map_or(deadline, |r| r.min(deadline));
+                if !wait_slots::sleep_while(slot, seen, until) && until == deadline {
                     // The wait ended and nothing was committed for the queue.
                     break None;
                 }
@@ -141,6 +145,22 @@ pub unsafe extern "C-unwind" fn commitq_claim_wait(
         pg_sys::SPI_finish();
         result(fcinfo, claimed)
     }
+}
+
+/// How long until a rate-limit window that held jobs back in the last claim
+/// has room: the session setting commitq.flow_retry_ms, which the claim
+/// sets (sql/flow_control.sql). Read without running a statement.
+unsafe fn flow_retry() -> Option<Duration> {
+    let value = unsafe { pg_sys::GetConfigOption(c"commitq.flow_retry_ms".as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let ms: u64 = unsafe { CStr::from_ptr(value) }
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.max(1)))
 }
 
 /// Commit the current transaction through SPI (which starts the next one)

@@ -292,3 +292,39 @@ async fn flow_control_view_shows_limits_and_their_windows() {
     assert_eq!(rows[1].get::<_, Option<i32>>(2), Some(5));
     assert_eq!(rows[1].get::<_, Option<i64>>(3), Some(3));
 }
+
+/// The waiting claim sleeps until a commit makes a job available; no commit
+/// marks a full window's room coming back, so the claim tells it when, and
+/// it claims again then instead of sleeping out its whole wait.
+#[tokio::test]
+async fn claim_wait_claims_again_when_the_window_has_room() {
+    let db = TestDb::new("t_rate_claim_wait").await;
+    let c = db.connect().await;
+    c.batch_execute(
+        "SELECT commitq.set_rate_limit('queue:cw', 2, '1 second');
+         SELECT count(*) FROM commitq.enqueue_many('cw', 'k',
+             (SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(1, 4) i));",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM commitq.claim('cw', 'w', 2)").await,
+        2
+    );
+    // Nothing is committed for the queue during the wait.
+    let jobs: serde_json::Value = c
+        .query_one(
+            "CALL commitq.claim_wait('cw', 'w', 2, '1 minute', '20 seconds', NULL)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(2),
+        "the waiting claim got {jobs}"
+    );
+    let s = starts(&c, "cw").await;
+    assert!(busiest_window(&s, 1_000_000) <= 2, "{s:?}");
+}

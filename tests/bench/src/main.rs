@@ -200,6 +200,22 @@ fn plan() -> Vec<(Workload, Vec<System>)> {
                 pool(NoPrefetch, Keys::Concurrency(200)),
                 pool(Tuned, Keys::None),
                 pool(Tuned, Keys::Concurrency(200)),
+                // Fair claiming (sql/flow_claim.sql) next to the same drain
+                // without it: the ratio is the fair queue's cost.
+                pool(
+                    Defaults,
+                    Keys::Tenants {
+                        tenants: 100,
+                        fair: false,
+                    },
+                ),
+                pool(
+                    Defaults,
+                    Keys::Tenants {
+                        tenants: 100,
+                        fair: true,
+                    },
+                ),
             ],
         ),
     ]

@@ -273,7 +273,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n**{}**\n\n| system | jobs/s | min-max | vs the same pool without keys |\n|---|---:|---:|---:|",
+            "\n**{}**\n\n| system | jobs/s | min-max | vs the same pool without keys (a fair queue: without fairness) |\n|---|---:|---:|---:|",
             w.title(&self.load)
         );
         for r in self.rows_of(w) {

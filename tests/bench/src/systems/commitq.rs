@@ -20,6 +20,13 @@ pub enum Keys {
     Concurrency(i32),
     /// A distinct idempotency key on every job.
     Idempotency,
+    /// A key of this many tenants (`tenant:N`, no concurrency limit in
+    /// effect), half the jobs of one tenant; `fair`: the queue is fair across
+    /// them (commitq.set_fairness).
+    Tenants {
+        tenants: i32,
+        fair: bool,
+    },
 }
 
 /// How an SQL-level drain worker talks to the queue.
@@ -99,7 +106,7 @@ async fn reset(c: &Client) -> Outcome<()> {
             // waiting_workers too: a worker left registered as waiting makes
             // every enqueue of its queue send a NOTIFY.
             "TRUNCATE commitq.jobs, commitq.finished_jobs, commitq.idempotency_keys,
-                      commitq.concurrency_keys, commitq.waiting_workers",
+                      commitq.concurrency_keys, commitq.waiting_workers, commitq.fair_queues",
             "UPDATE commitq.config SET keep_completed = false",
             "VACUUM ANALYZE commitq.jobs",
         ],
@@ -118,6 +125,21 @@ async fn fill(c: &Client, jobs: usize, keys: Keys) -> Outcome<()> {
             "(SELECT array_agg('order:' || i) FROM generate_series(1, $1::int) i)".into(),
             "NULL".into(),
         ),
+        Keys::Tenants { tenants, fair } => {
+            let mut setup = vec!["SELECT commitq.set_concurrency_limit('tenant:*', 100000)"];
+            if fair {
+                setup.push("SELECT commitq.set_fairness('bench', 'tenant:')");
+            }
+            common::run_each(c, &setup).await?;
+            (
+                "NULL".into(),
+                format!(
+                    "(SELECT array_agg('tenant:' || CASE WHEN i % 2 = 0 THEN 0
+                                                       ELSE abs(hashint4(i)) % {tenants} END)
+                        FROM generate_series(1, $1::int) i)"
+                ),
+            )
+        }
     };
     let sql = format!(
         "SELECT count(*) FROM commitq.enqueue_many('bench', 'noop',
@@ -132,9 +154,26 @@ async fn fill(c: &Client, jobs: usize, keys: Keys) -> Outcome<()> {
 }
 
 impl Commitq {
-    /// The same worker pool without keys: what a keyed drain is compared with.
+    /// The same worker pool without keys: what a keyed drain is compared
+    /// with; for a fair drain, the same drain without fairness.
     pub fn without_keys(self) -> Commitq {
         match self {
+            Commitq::Pool {
+                handlers,
+                config,
+                keys:
+                    Keys::Tenants {
+                        tenants,
+                        fair: true,
+                    },
+            } => Commitq::Pool {
+                handlers,
+                config,
+                keys: Keys::Tenants {
+                    tenants,
+                    fair: false,
+                },
+            },
             Commitq::Pool {
                 handlers, config, ..
             } => Commitq::Pool {
@@ -172,6 +211,10 @@ impl Commitq {
                     Keys::None => String::new(),
                     Keys::Concurrency(k) => format!(", {k} concurrency keys"),
                     Keys::Idempotency => ", idempotency key on every job".into(),
+                    Keys::Tenants { tenants, fair } => format!(
+                        ", {tenants} tenant keys, half the jobs one tenant's{}",
+                        if *fair { ", fair queue" } else { "" }
+                    ),
                 }
             ),
         }
