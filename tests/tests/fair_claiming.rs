@@ -42,8 +42,9 @@ async fn one_tenants_backlog_delays_another_by_at_most_one_claim() {
 }
 
 /// With more keys than a claim takes, the claims of a worker rotate through
-/// the keys: 30 tenants with backlogs, claims of 10, and every tenant has a
-/// job started within three claims; jobs without a key of the prefix fill
+/// the keys: 30 tenants with backlogs of 100 (enqueued one tenant after the
+/// other), claims of 10, and every tenant has a job started within three
+/// claims; jobs without a key of the prefix fill
 /// what is left of a claim.
 #[tokio::test]
 async fn claims_rotate_through_more_keys_than_they_take() {
@@ -53,9 +54,9 @@ async fn claims_rotate_through_more_keys_than_they_take() {
         "SELECT commitq.set_concurrency_limit('tenant:*', 100000);
          SELECT commitq.set_fairness('reports', 'tenant:');
          SELECT count(*) FROM commitq.enqueue_many('reports', 'k',
-             (SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(1, 3000) i),
-             concurrency_keys => (SELECT array_agg('tenant:' || lpad((i % 30)::text, 2, '0'))
-                                    FROM generate_series(1, 3000) i));",
+             (SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(0, 2999) i),
+             concurrency_keys => (SELECT array_agg('tenant:' || lpad((i / 100)::text, 2, '0'))
+                                    FROM generate_series(0, 2999) i));",
     )
     .await
     .unwrap();
