@@ -4,8 +4,9 @@
 //! transaction), the interpreter and the `SET search_path` of a PL/pgSQL
 //! SECURITY DEFINER function cost about half of an enqueue. Here the common
 //! job (no idempotency key, no `after_xact`) is checked in Rust and inserted
-//! by one statement prepared once per session. Jobs with an idempotency key
-//! or `after_xact` go to `commitq._enqueue_keyed` (sql/enqueue.sql), whose
+//! by one statement prepared once per session. Jobs with an idempotency key,
+//! `after_xact`, `depends_on` or `on_duplicate` go to
+//! `commitq._enqueue_keyed` (sql/enqueue.sql), whose
 //! retry loop is clearer in PL/pgSQL and costs little next to its extra
 //! writes.
 //!
@@ -27,11 +28,12 @@ use pgrx::{pg_getarg, pg_getarg_datum_raw, pg_sys, IntoDatum};
 use crate::errors::raise_cq001;
 use crate::rules::job_problem;
 
-// Both statements take the nine arguments of commitq.enqueue, in order.
+// Both statements take the eleven arguments of commitq.enqueue, in order.
 
 /// The common job: insert it, and say whether a worker waits for the queue
 /// (then it gets a NOTIFY, see commitq.waiting_workers). $5 is never NULL
-/// here; $7 and $9 (idempotency_key, after_xact) always are, and unused.
+/// here; $7, $9, $10 and $11 (idempotency_key, after_xact, depends_on,
+/// on_duplicate) always are, and unused.
 const INSERT: &CStr = c"
     INSERT INTO commitq.jobs AS j (queue, kind, args, state, priority, run_at, max_attempts,
                                    concurrency_key)
@@ -44,13 +46,14 @@ const INSERT: &CStr = c"
               AND EXISTS (SELECT FROM commitq.waiting_workers w
                            WHERE w.queue OPERATOR(pg_catalog.=) $1)";
 
-/// Jobs with an idempotency key or after_xact: to the PL/pgSQL implementation.
+/// Jobs with an idempotency key, after_xact, depends_on or on_duplicate: to
+/// the PL/pgSQL implementation, which also checks the last two.
 const KEYED: &CStr = c"
     SELECT k.job_id, k.inserted
-      FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9) AS k";
+      FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS k";
 
 /// The types of commitq.enqueue's arguments.
-const ARG_TYPES: [pg_sys::Oid; 9] = [
+const ARG_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::JSONBOID,
@@ -60,6 +63,8 @@ const ARG_TYPES: [pg_sys::Oid; 9] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::XID8OID,
+    pg_sys::INT8ARRAYOID,
+    pg_sys::TEXTOID,
 ];
 
 /// The arguments of commitq.enqueue, in order.
@@ -72,6 +77,8 @@ const MAX_ATTEMPTS: usize = 5;
 const IDEMPOTENCY_KEY: usize = 6;
 const CONCURRENCY_KEY: usize = 7;
 const AFTER_XACT: usize = 8;
+const DEPENDS_ON: usize = 9;
+const ON_DUPLICATE: usize = 10;
 
 thread_local! {
     // Plans kept for the session (SPI_keepplan): a backend is one thread.
@@ -84,7 +91,8 @@ thread_local! {
 crate::errors::finfo_v1!(pg_finfo_commitq_enqueue);
 
 /// `commitq.enqueue(queue, kind, args, priority, run_at, max_attempts,
-/// idempotency_key, concurrency_key, after_xact) -> (job_id, inserted)`.
+/// idempotency_key, concurrency_key, after_xact, depends_on, on_duplicate)
+/// -> (job_id, inserted)`.
 ///
 /// # Safety
 /// Called by PostgreSQL's function manager with the arguments declared in
@@ -136,7 +144,11 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             raise_cq001(problem);
         }
 
-        if params[IDEMPOTENCY_KEY].is_some() || params[AFTER_XACT].is_some() {
+        if params[IDEMPOTENCY_KEY].is_some()
+            || params[AFTER_XACT].is_some()
+            || params[DEPENDS_ON].is_some()
+            || params[ON_DUPLICATE].is_some()
+        {
             let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &params);
             return result(fcinfo, job_id, inserted);
         }
