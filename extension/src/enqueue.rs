@@ -52,6 +52,12 @@ const KEYED: &CStr = c"
     SELECT k.job_id, k.inserted
       FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS k";
 
+/// KEYED in a database still at 0.1.0, whose _enqueue_keyed has nine
+/// arguments (the extension is updated after its library is replaced).
+const KEYED_0_1: &CStr = c"
+    SELECT k.job_id, k.inserted
+      FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9) AS k";
+
 /// The types of commitq.enqueue's arguments.
 const ARG_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::TEXTOID,
@@ -84,6 +90,7 @@ thread_local! {
     // Plans kept for the session (SPI_keepplan): a backend is one thread.
     static INSERT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
     static KEYED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
+    static KEYED_0_1_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
     // The blessed descriptor of the (job_id, inserted) result.
     static RESULT_DESC: Cell<pg_sys::TupleDesc> = const { Cell::new(ptr::null_mut()) };
 }
@@ -101,8 +108,12 @@ crate::errors::finfo_v1!(pg_finfo_commitq_enqueue);
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let raw =
-            |n: usize| (!pgrx::pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n));
+        // A database still at 0.1.0 (before ALTER EXTENSION ... UPDATE)
+        // declares nine arguments: the missing ones are NULL.
+        let nargs = (*fcinfo).nargs as usize;
+        let raw = |n: usize| {
+            (n < nargs && !pgrx::pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n))
+        };
         // The statements' parameters: the arguments as they came (an array
         // of plain values, nothing to free if raise_cq001 jumps away).
         let mut params: [Option<pg_sys::Datum>; ARG_TYPES.len()] = std::array::from_fn(raw);
@@ -149,7 +160,11 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             || params[DEPENDS_ON].is_some()
             || params[ON_DUPLICATE].is_some()
         {
-            let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &params);
+            let (job_id, inserted) = if nargs < ARG_TYPES.len() {
+                run(&KEYED_0_1_PLAN, KEYED_0_1, &params)
+            } else {
+                run(&KEYED_PLAN, KEYED, &params)
+            };
             return result(fcinfo, job_id, inserted);
         }
         params[RUN_AT] = Some(run_at);
