@@ -163,7 +163,7 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             let (job_id, inserted) = if nargs < ARG_TYPES.len() {
                 run(&KEYED_0_1_PLAN, KEYED_0_1, &params)
             } else {
-                run(&KEYED_PLAN, KEYED, &params)
+                keyed_keeping_sqlstate(&params)
             };
             return result(fcinfo, job_id, inserted);
         }
@@ -182,6 +182,39 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
         }
         result(fcinfo, job_id, true)
     }
+}
+
+/// KEYED, with the SQLSTATEs of _enqueue_keyed's own errors kept: pgrx
+/// turns an error raised under SPI into a Rust panic and raises it again
+/// with its text, but a SQLSTATE it does not know (commitq's CQnnn) as
+/// XX000. Those errors all begin "commitq: ": an unknown dependency is
+/// CQ101, any other is CQ001 (bad depends_on or on_duplicate).
+unsafe fn keyed_keeping_sqlstate(params: &[Option<pg_sys::Datum>]) -> (i64, bool) {
+    use pgrx::pg_sys::panic::CaughtError;
+    use pgrx::PgTryBuilder;
+    PgTryBuilder::new(|| unsafe { run(&KEYED_PLAN, KEYED, params) })
+        .catch_others(|e| {
+            let report = match &e {
+                CaughtError::PostgresError(r) => r,
+                _ => e.rethrow(),
+            };
+            let message = report.message();
+            if report.sql_error_code() != pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
+                || !message.starts_with("commitq: ")
+            {
+                e.rethrow()
+            }
+            let code =
+                if message.starts_with("commitq: dependency ") && message.ends_with(" not found") {
+                    crate::errors::CQ101
+                } else {
+                    crate::errors::CQ001
+                };
+            let (message, hint) = (message.to_string(), report.hint().map(str::to_string));
+            drop(e);
+            unsafe { crate::errors::raise_with(code, message, hint) }
+        })
+        .execute()
 }
 
 /// "object" for a JSON object (read from the container header, no parsing),
