@@ -414,3 +414,108 @@ async fn replace_and_debounce_change_only_a_waiting_job() {
     assert_eq!(r.get::<_, i64>(0), follow);
     assert_eq!(r.get::<_, Value>(1), json!({"v": 8}));
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Part {
+    rows: i64,
+}
+
+impl commitq::Job for Part {
+    const KIND: &'static str = "part";
+    const QUEUE: &'static str = "etl";
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Report {}
+
+impl commitq::Job for Report {
+    const KIND: &'static str = "report";
+    const QUEUE: &'static str = "etl";
+}
+
+/// Through the Rust client: a report enqueued with `depends_on` its parts
+/// runs after them and reads their results in `ctx.dependency_results`;
+/// bad options come back as typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_client_a_report_reads_its_parts_results() {
+    use commitq::{EnqueueOptions, Error, OnDuplicate, Outcome, WorkerPool};
+    use commitq_tests::{start_pool, wait_until};
+    use std::time::Duration;
+
+    let db = TestDb::new("t_deps_client").await;
+    let c = db.connect().await;
+    c.batch_execute("CREATE TABLE public.reports (results jsonb)")
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let parts = client
+        .enqueue_many(&[Part { rows: 3 }, Part { rows: 4 }])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = parts.iter().map(|e| e.job_id).collect();
+    client
+        .enqueue_with(
+            &Report {},
+            &EnqueueOptions::default().depends_on(ids.iter().copied()),
+        )
+        .await
+        .unwrap();
+
+    let missing = client
+        .enqueue_with(
+            &Report {},
+            &EnqueueOptions::default().depends_on([i64::MAX]),
+        )
+        .await
+        .expect_err("unknown dependency");
+    assert!(matches!(missing, Error::JobNotFound(_)), "{missing:?}");
+    let keyless = client
+        .enqueue_with(
+            &Report {},
+            &EnqueueOptions::default().on_duplicate(OnDuplicate::Replace),
+        )
+        .await
+        .expect_err("replace without a key");
+    assert!(matches!(keyless, Error::InvalidArgument(_)), "{keyless:?}");
+
+    let pool = WorkerPool::builder(client.clone())
+        .queue("etl", 2)
+        .poll_interval(Duration::from_millis(100))
+        .handle(|ctx, part: Part| async move {
+            let mut conn = ctx.client().pool().get().await?;
+            let tx = conn.transaction().await?;
+            ctx.complete_in_with_result(&*tx, &json!({ "rows": part.rows }))
+                .await?;
+            tx.commit().await?;
+            Ok(Outcome::Complete)
+        })
+        .handle(|ctx, _: Report| async move {
+            let conn = ctx.client().pool().get().await?;
+            conn.execute(
+                "INSERT INTO public.reports VALUES ($1)",
+                &[&ctx.dependency_results],
+            )
+            .await?;
+            Ok(Outcome::Complete)
+        })
+        .build();
+    let running = start_pool(pool);
+    wait_until("the report ran", Duration::from_secs(30), async || {
+        c.query_one("SELECT count(*) FROM public.reports", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    running.stop().await;
+    let results: Value = c
+        .query_one("SELECT results FROM public.reports", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        results,
+        json!({ ids[0].to_string(): { "rows": 3 }, ids[1].to_string(): { "rows": 4 } })
+    );
+}
