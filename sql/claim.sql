@@ -17,21 +17,28 @@ CREATE TYPE commitq.claimed_job AS (
     enqueued_at timestamptz,
     concurrency_key text,
     idempotency_key text,
-    errors jsonb
+    errors jsonb,
+    -- {"<job id>": result} of the jobs it was enqueued to wait for
+    -- (depends_on, dependencies.sql); NULL for a job without dependencies.
+    dependency_results jsonb
 );
 
 -- The claimed_job row of a job: what every claim path returns (claim, the
 -- keyed claim in concurrency_keys.sql, the take path of complete_and_take).
 -- Plain SQL without a SET clause so that the planner inlines it into the
 -- calling statement; a test (claimed_row_is_inlined) checks that it does.
--- It resolves nothing on the search_path: a row constructor and a cast to a
--- qualified type.
+-- It resolves nothing on the search_path: a row constructor, a cast to a
+-- qualified type and a qualified function. STABLE, not IMMUTABLE: the
+-- dependencies' results are read from a table, and the planner inlines a
+-- function only into what its volatility allows.
 CREATE FUNCTION commitq._claimed_row(j commitq.jobs) RETURNS commitq.claimed_job
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 AS $$
     SELECT ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
                j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
-               j.idempotency_key, j.errors)::commitq.claimed_job
+               j.idempotency_key, j.errors,
+               CASE WHEN j.depends_on IS NOT NULL
+                    THEN commitq._dependency_results(j.depends_on) END)::commitq.claimed_job
 $$;
 
 -- Claim up to max_jobs due jobs of a queue, in priority, run_at, id order.

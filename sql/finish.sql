@@ -13,6 +13,7 @@ AS $$
 DECLARE
     v_ids bigint[];
     v_queues text[];
+    v_parents bigint[];
 BEGIN
     WITH moved AS (
         DELETE FROM commitq.jobs WHERE id = ANY (p_ids) RETURNING *
@@ -25,7 +26,18 @@ BEGIN
           FROM moved
         RETURNING id, queue
     )
-    SELECT array_agg(ins.id), array_agg(ins.queue) INTO v_ids, v_queues FROM ins;
+    SELECT array_agg(ins.id), array_agg(ins.queue),
+           (SELECT array_agg(moved.id) FROM moved WHERE moved.has_dependents)
+      INTO v_ids, v_queues, v_parents FROM ins;
+    -- Jobs that others wait for (dependencies.sql): completed ones count as
+    -- done for them, discarded or cancelled ones cancel them.
+    IF v_parents IS NOT NULL THEN
+        IF p_state = 'completed' THEN
+            PERFORM commitq._release_dependents(v_parents);
+        ELSE
+            PERFORM commitq._cancel_dependents(v_parents, p_state);
+        END IF;
+    END IF;
     -- Discards and cancellations count here, whichever path finishes the
     -- job; completions count in _complete_leased, kept or not.
     IF p_state <> 'completed' AND v_queues IS NOT NULL THEN
@@ -50,6 +62,8 @@ CREATE FUNCTION commitq._complete_leased(
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_parents bigint[];
 BEGIN
     IF (SELECT c.keep_completed FROM commitq.config c) THEN
         -- Lock in id order so that two overlapping batches cannot deadlock.
@@ -73,12 +87,17 @@ BEGIN
              WHERE j.id = ANY (p_ids)
                AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
                AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
-            RETURNING j.id, j.concurrency_key, j.queue
+            RETURNING j.id, j.concurrency_key, j.queue, j.has_dependents
         )
         SELECT coalesce(array_agg(gone.id), '{}'), array_agg(gone.concurrency_key),
-               array_agg(gone.queue)
-          INTO done, done_keys, done_queues
+               array_agg(gone.queue), array_agg(gone.id) FILTER (WHERE gone.has_dependents)
+          INTO done, done_keys, done_queues, v_parents
           FROM gone;
+        -- Jobs that others wait for (dependencies.sql), in a statement of
+        -- its own (see _release_dependents).
+        IF v_parents IS NOT NULL THEN
+            PERFORM commitq._release_dependents(v_parents);
+        END IF;
     END IF;
     -- Throughput counters (monitoring.sql): one statement per batch.
     IF done_queues IS NOT NULL THEN

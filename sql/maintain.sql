@@ -158,6 +158,9 @@ BEGIN
     -- Outcome counters past the monitoring views' hour (monitoring.sql).
     PERFORM commitq._prune_counters(c.maintain_batch);
 
+    -- Results of completed jobs past their window (dependencies.sql).
+    PERFORM commitq._prune_results(c.maintain_batch);
+
     scheduled := commitq._run_schedules(now());
 END
 $$;

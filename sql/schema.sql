@@ -30,7 +30,12 @@ CREATE TYPE commitq.job_state AS ENUM (
     'running',    -- claimed under a lease
     'completed',  -- finished successfully (finished_jobs only)
     'discarded',  -- failed max_attempts times, or failed permanently (finished_jobs only)
-    'cancelled'   -- cancelled by an operator (finished_jobs only)
+    'cancelled',  -- cancelled by an operator, or because a job it depends on
+                  -- was discarded or cancelled (finished_jobs only)
+    'waiting'     -- enqueued with depends_on: waits outside the claim index
+                  -- until every job it depends on has completed
+                  -- (dependencies.sql). Last, so that an upgraded database
+                  -- (ALTER TYPE ... ADD VALUE appends) orders it the same.
 );
 
 CREATE SEQUENCE commitq.job_id_seq AS bigint;
@@ -65,8 +70,17 @@ CREATE TABLE commitq.jobs (
     -- The last few errors (commitq.config.error_history), oldest first.
     errors            jsonb NOT NULL DEFAULT '[]',
     enqueued_at       timestamptz NOT NULL DEFAULT now(),
-    claimed_at        timestamptz
-    -- Only scheduled, available and running jobs live here. No CHECK says so:
+    claimed_at        timestamptz,
+    -- Dependencies (dependencies.sql), last because an upgrade adds them
+    -- with ALTER TABLE: the jobs this one was enqueued to wait for (NULL:
+    -- none), how many of them have not completed yet, and whether some
+    -- live job waits for this one (its completion or failure then looks
+    -- its dependents up; every other job skips that lookup).
+    depends_on        bigint[],
+    deps_pending      integer NOT NULL DEFAULT 0,
+    has_dependents    boolean NOT NULL DEFAULT false
+    -- Only scheduled, available, blocked, waiting and running jobs live
+    -- here. No CHECK says so:
     -- the functions that write this table keep to it, and a CHECK constraint
     -- on the enum measurably slows every single-job enqueue.
 ) WITH (

@@ -55,8 +55,8 @@ AS $$
         ('producer', 'USAGE', 'SCHEMA commitq'),
         ('producer', 'USAGE', 'TYPE commitq.job_state'),
         ('producer', 'USAGE', 'TYPE commitq.claimed_job'),
-        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8)'),
-        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[])'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[], bigint[], text)'),
         ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(jsonb)'),
         -- Named leases are for application code and workers alike.
         ('producer', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
@@ -69,6 +69,8 @@ AS $$
         ('worker', 'USAGE', 'TYPE commitq.claimed_job'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.claim(text, text, integer, interval)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint)'),
+        -- Completion with a result (sql/dependencies.sql).
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint, jsonb)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete_many(bigint[], bigint[])'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval)'),
         ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_take(bigint[], bigint[], text, interval)'),

@@ -30,6 +30,8 @@ pub(crate) struct ClaimedRow {
     pub lease_token: i64,
     /// Has a concurrency key: its completion passes the key's slot on.
     pub keyed: bool,
+    /// `{"<job id>": result}` of the jobs it was enqueued to wait for.
+    pub dependency_results: Option<Value>,
 }
 
 /// One job of a `complete_and_take` batch, in input order.
@@ -84,7 +86,7 @@ pub(crate) async fn enqueue(
             "SELECT job_id, inserted FROM commitq.enqueue(
     $1, $2, $3, coalesce($4::int4, 0),
     coalesce($5::timestamptz, now() + make_interval(secs => coalesce($6::float8, 0))),
-    coalesce($7::int4, 25), $8, $9, $10::int8::text::xid8)",
+    coalesce($7::int4, 25), $8, $9, $10::int8::text::xid8, $11::int8[], $12)",
             &[
                 &queue,
                 &kind,
@@ -96,6 +98,8 @@ pub(crate) async fn enqueue(
                 &options.idempotency_key,
                 &options.concurrency_key,
                 &options.after_xact,
+                &options.depends_on,
+                &options.on_duplicate.map(|m| m.as_sql()),
             ],
         )
         .await?;
@@ -128,6 +132,8 @@ pub(crate) fn enqueue_many_item(
         "max_attempts": options.max_attempts,
         "idempotency_key": options.idempotency_key,
         "concurrency_key": options.concurrency_key,
+        "depends_on": options.depends_on,
+        "on_duplicate": options.on_duplicate.map(|m| m.as_sql()),
         "run_at_epoch": run_at,
         "delay_secs": delay,
     })
@@ -226,7 +232,7 @@ pub(crate) async fn claim(
     let statement = client
         .prepare_cached(
             "SELECT job_id, queue, kind, args, attempt, lease_token,
-                    concurrency_key IS NOT NULL
+                    concurrency_key IS NOT NULL, dependency_results
                FROM commitq.claim($1, $2, $3, make_interval(secs => $4))",
         )
         .await?;
@@ -246,6 +252,7 @@ pub(crate) async fn claim(
             attempt: r.get(4),
             lease_token: r.get(5),
             keyed: r.get(6),
+            dependency_results: r.get(7),
         })
         .collect())
 }
@@ -258,6 +265,22 @@ pub(crate) async fn complete(
 ) -> Result<(), Error> {
     client
         .execute("SELECT commitq.complete($1, $2)", &[&job_id, &lease_token])
+        .await?;
+    Ok(())
+}
+
+/// `commitq.complete` with a result that the job's dependents read.
+pub(crate) async fn complete_with_result(
+    client: &impl GenericClient,
+    job_id: i64,
+    lease_token: i64,
+    result: &Value,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "SELECT commitq.complete($1, $2, $3)",
+            &[&job_id, &lease_token, result],
+        )
         .await?;
     Ok(())
 }
@@ -288,7 +311,8 @@ pub(crate) async fn complete_and_take(
     let statement = client
         .prepare_cached(
             "SELECT t.completed, (t.next).job_id, (t.next).queue, (t.next).kind,
-                    (t.next).args, (t.next).attempt, (t.next).lease_token
+                    (t.next).args, (t.next).attempt, (t.next).lease_token,
+                    (t.next).dependency_results
                FROM commitq.complete_and_take($1, $2, $3, make_interval(secs => $4)) t",
         )
         .await?;
@@ -308,6 +332,7 @@ pub(crate) async fn complete_and_take(
                 attempt: r.get(5),
                 lease_token: r.get(6),
                 keyed: true,
+                dependency_results: r.get(7),
             }),
         })
         .collect())
@@ -575,6 +600,7 @@ pub(crate) async fn claim_wait(
             attempt: field(j, "attempt").as_i64().unwrap_or_default() as i32,
             lease_token: field(j, "lease_token").as_i64().unwrap_or_default(),
             keyed: !field(j, "concurrency_key").is_null(),
+            dependency_results: Some(field(j, "dependency_results")).filter(|v| !v.is_null()),
         })
         .collect())
 }

@@ -52,6 +52,36 @@ pub struct EnqueueOptions {
     /// Claimable only once this transaction (a `pg_current_xact_id()` of
     /// another connection) has committed; cancelled if it aborts.
     pub after_xact: Option<i64>,
+    /// Run only after all these jobs have completed; cancelled if one of
+    /// them is discarded or cancelled. An id that is not a live job and not
+    /// remembered as finished is [`Error::JobNotFound`](crate::Error::JobNotFound).
+    pub depends_on: Option<Vec<i64>>,
+    /// What an idempotency key that names an existing job does.
+    pub on_duplicate: Option<OnDuplicate>,
+}
+
+/// What an enqueue whose idempotency key already names a job of the queue
+/// does (docs/features.md, Replace and debounce).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Return the existing job unchanged (the default).
+    Return,
+    /// A job still waiting takes the new args, priority, run_at and
+    /// max_attempts; a running one gets one follow-up run after it.
+    Replace,
+    /// A job still waiting runs at the later of its run_at and the new one;
+    /// its args stay. A running one gets one follow-up run after it.
+    Debounce,
+}
+
+impl OnDuplicate {
+    pub(crate) fn as_sql(self) -> &'static str {
+        match self {
+            OnDuplicate::Return => "return",
+            OnDuplicate::Replace => "replace",
+            OnDuplicate::Debounce => "debounce",
+        }
+    }
 }
 
 impl EnqueueOptions {
@@ -85,6 +115,14 @@ impl EnqueueOptions {
     }
     pub fn after_xact(mut self, xact: i64) -> Self {
         self.after_xact = Some(xact);
+        self
+    }
+    pub fn depends_on(mut self, jobs: impl IntoIterator<Item = i64>) -> Self {
+        self.depends_on = Some(jobs.into_iter().collect());
+        self
+    }
+    pub fn on_duplicate(mut self, mode: OnDuplicate) -> Self {
+        self.on_duplicate = Some(mode);
         self
     }
 }

@@ -58,7 +58,7 @@ mod version;
 
 pub use client::{enqueue, enqueue_many, Client, DEFAULT_MAX_CONNECTIONS};
 pub use error::Error;
-pub use job::{EnqueueOptions, Enqueued, Job};
+pub use job::{EnqueueOptions, Enqueued, Job, OnDuplicate};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use named_lease::Lease;
 pub use pool::{HandlerError, HandlerResult, JobContext, Outcome, WorkerPool, WorkerPoolBuilder};

@@ -3746,3 +3746,1250 @@ GRANT EXECUTE ON FUNCTION commitq.set_rate_limit(text, integer, interval), commi
 GRANT SELECT ON TABLE commitq.rate_limits, commitq.rate_windows, commitq.fair_queues, commitq.flow_control
     TO commitq_operator;
 GRANT SELECT ON TABLE commitq.flow_control TO commitq_reader;
+
+-- ===== 0.2.0: dependencies and results, replace and debounce (sql/dependencies.sql, sql/replace.sql, sql/enqueue.sql, sql/finish.sql, sql/claim.sql, sql/maintain.sql, sql/schema.sql) =====
+-- The new state, columns and claimed_job attribute go last, where a fresh
+-- install (sql/schema.sql, sql/claim.sql) also puts them. The new value of
+-- job_state cannot be used in this transaction: nothing below names it
+-- outside a PL/pgSQL body.
+ALTER TYPE commitq.job_state ADD VALUE 'waiting';
+ALTER TABLE commitq.jobs
+    ADD COLUMN depends_on bigint[],
+    ADD COLUMN deps_pending integer NOT NULL DEFAULT 0,
+    ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+ALTER TYPE commitq.claimed_job ADD ATTRIBUTE dependency_results jsonb;
+
+-- sql/dependencies.sql as it is:
+-- Dependencies and results: enqueue(..., depends_on => ARRAY[...]) makes a
+-- job wait, in state 'waiting', until every job it depends on has completed;
+-- complete(job_id, lease_token, result) keeps a result that its dependents
+-- read when they are claimed (claimed_job.dependency_results).
+--
+-- How it holds under concurrency:
+--   * the dependent's row counts the dependencies it still waits for
+--     (jobs.deps_pending), and only an UPDATE of that row changes the count:
+--     two dependencies completing at once in two transactions both decrement
+--     it (the second waits for the first's row lock and reads its result),
+--     so a fan-in job leaves 'waiting' exactly once, after the last one.
+--   * an enqueue locks the live dependencies' rows (FOR NO KEY UPDATE) and
+--     sets their has_dependents flag. A completion deletes or moves the row,
+--     which waits for that lock: the completion then sees the flag and, in
+--     its next statement, the new dependent's edge. An enqueue that comes
+--     second finds the row gone: a job it saw live a moment before and that
+--     is not in finished_jobs was completed (completion is the only path
+--     that deletes a live job without moving it), so it counts as done.
+--   * a dependency that is discarded or cancelled cancels its waiting
+--     dependents, level by level (transitively), each with "dependency N was
+--     discarded/cancelled" in its error history.
+
+CREATE TABLE commitq.job_dependencies (
+    depends_on   bigint NOT NULL,   -- a live job
+    job_id       bigint NOT NULL,   -- waits for it
+    -- The dependent runs whatever the outcome (a follow-up of replace or
+    -- debounce behind a running job, sql/replace.sql); otherwise a discard
+    -- or cancel of depends_on cancels job_id.
+    any_outcome  boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (depends_on, job_id)
+);
+
+-- Results of completed jobs (complete(..., result)), kept for the longer of
+-- commitq.config.idempotency_window and finished_retention whether or not
+-- completed jobs are kept: a dependent enqueued later still counts the job
+-- as completed and reads its result.
+CREATE TABLE commitq.job_results (
+    job_id        bigint PRIMARY KEY,
+    result        jsonb NOT NULL,
+    completed_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX job_results_completed_at_idx ON commitq.job_results (completed_at);
+
+SELECT pg_catalog.pg_extension_config_dump('commitq.job_dependencies', '');
+SELECT pg_catalog.pg_extension_config_dump('commitq.job_results', '');
+
+-- What is wrong with enqueue's depends_on and on_duplicate, or NULL.
+CREATE FUNCTION commitq._dependency_problem(p_depends_on bigint[], p_on_duplicate text, p_idempotency_key text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN CASE
+        WHEN pg_catalog.array_position(p_depends_on, NULL) IS NOT NULL
+            THEN 'depends_on must not contain NULL'
+        WHEN pg_catalog.cardinality(p_depends_on) > 10000
+            THEN pg_catalog.format('depends_on has %s jobs, limit is 10000', pg_catalog.cardinality(p_depends_on))
+        WHEN p_on_duplicate NOT IN ('return', 'replace', 'debounce')
+            THEN pg_catalog.format('on_duplicate must be return, replace or debounce, not %s',
+                                   pg_catalog.quote_literal(p_on_duplicate))
+        WHEN p_on_duplicate IN ('replace', 'debounce') AND p_idempotency_key IS NULL
+            THEN 'on_duplicate ' || p_on_duplicate || ' needs an idempotency_key'
+        END;
+END
+$$;
+
+-- A job's result: any JSON value no larger than args may be.
+CREATE FUNCTION commitq._result_problem(p_result jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max integer := commitq._max_args_bytes();
+BEGIN
+    IF pg_catalog.pg_column_size(p_result) > v_max THEN
+        RETURN pg_catalog.format('result too large: %s bytes, limit is %s (setting commitq.max_args_bytes)',
+                                 pg_catalog.pg_column_size(p_result), v_max);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The results of a claimed job's dependencies: {"<job id>": result, ...},
+-- null for a dependency completed without one. Called by _claimed_row only
+-- for jobs enqueued with depends_on.
+CREATE FUNCTION commitq._dependency_results(p_depends_on bigint[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT pg_catalog.jsonb_object_agg(d.id::text, r.result ORDER BY d.ord)
+              FROM unnest(p_depends_on) WITH ORDINALITY AS d(id, ord)
+              LEFT JOIN commitq.job_results r ON r.job_id = d.id);
+END
+$$;
+
+-- The dependencies of a job being enqueued (deduplicated): lock the live
+-- ones and flag them, and sort the others out. `live` are the ones to wait
+-- for; `failed` names the first dependency that was discarded or cancelled
+-- (then the new job is cancelled at once), except p_any_outcome, which
+-- counts as done whatever its outcome. An id that is neither live nor
+-- remembered as finished raises CQ101.
+CREATE FUNCTION commitq._resolve_dependencies(
+    p_deps bigint[], p_any_outcome bigint, OUT live bigint[], OUT failed text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_seen bigint[];
+    v_state commitq.job_state;
+    d bigint;
+BEGIN
+    -- Live in this statement's snapshot...
+    v_seen := ARRAY(SELECT j.id FROM commitq.jobs j WHERE j.id = ANY (p_deps));
+    -- ...and still live once locked (in id order, so two enqueues cannot
+    -- deadlock): a job that a transaction is finishing right now is waited
+    -- for, and is gone if that transaction commits.
+    live := ARRAY(SELECT j.id FROM commitq.jobs j WHERE j.id = ANY (v_seen)
+                   ORDER BY j.id FOR NO KEY UPDATE);
+    UPDATE commitq.jobs j SET has_dependents = true WHERE j.id = ANY (live) AND NOT j.has_dependents;
+
+    FOR d IN SELECT x FROM unnest(p_deps) x WHERE x <> ALL (live) ORDER BY x LOOP
+        SELECT f.state INTO v_state FROM commitq.finished_jobs f WHERE f.id = d;
+        IF FOUND THEN
+            IF v_state <> 'completed' AND d IS DISTINCT FROM p_any_outcome AND failed IS NULL THEN
+                failed := pg_catalog.format('dependency %s was %s', d, v_state);
+            END IF;
+        ELSIF d = ANY (v_seen) THEN
+            -- Completed (and deleted) while we looked: see the top of the file.
+            NULL;
+        ELSIF NOT EXISTS (SELECT 1 FROM commitq.job_results r WHERE r.job_id = d) THEN
+            RAISE EXCEPTION 'commitq: dependency % not found', d
+                USING ERRCODE = 'CQ101',
+                      HINT = 'No such job, or it completed without a result while commitq.config.keep_completed '
+                             'was off, so nothing remembers it: see depends_on in docs/features.md.';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Count `p_counts[i]` more completed dependencies of waiting job
+-- `p_ids[i]`; a job that has none left becomes available (or scheduled, for
+-- a later run_at or an after_xact gate) and its queue is woken.
+CREATE FUNCTION commitq._dependencies_done(p_ids bigint[], p_counts bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_queues text[];
+BEGIN
+    -- Locked in id order first: two completions releasing overlapping
+    -- dependents cannot deadlock.
+    PERFORM 1 FROM commitq.jobs j WHERE j.id = ANY (p_ids) ORDER BY j.id FOR NO KEY UPDATE;
+    WITH u AS (
+        UPDATE commitq.jobs j
+           SET deps_pending = j.deps_pending - c.n,
+               state = CASE WHEN j.deps_pending - c.n > 0 THEN 'waiting'
+                            WHEN j.run_at > now() OR j.after_xact IS NOT NULL THEN 'scheduled'
+                            ELSE 'available' END::commitq.job_state
+          FROM (SELECT t.id, sum(t.n) AS n FROM unnest(p_ids, p_counts) AS t(id, n) GROUP BY t.id) c
+         WHERE j.id = ANY (p_ids) AND j.id = c.id AND j.state = 'waiting'
+        RETURNING j.queue, j.state
+    )
+    SELECT array_agg(DISTINCT u.queue) INTO v_queues FROM u WHERE u.state = 'available';
+    PERFORM commitq._wake(q) FROM unnest(v_queues) q;
+END
+$$;
+
+-- Jobs p_done completed and had dependents: count them done for each.
+CREATE FUNCTION commitq._release_dependents(p_done bigint[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids bigint[];
+    v_counts bigint[];
+BEGIN
+    -- A statement of its own, after the caller's delete: at READ COMMITTED
+    -- it sees the edges of an enqueue that the delete waited for.
+    WITH e AS (
+        DELETE FROM commitq.job_dependencies d WHERE d.depends_on = ANY (p_done) RETURNING d.job_id
+    )
+    SELECT array_agg(g.job_id), array_agg(g.n) INTO v_ids, v_counts
+      FROM (SELECT e.job_id, count(*) AS n FROM e GROUP BY e.job_id) g;
+    IF v_ids IS NOT NULL THEN
+        PERFORM commitq._dependencies_done(v_ids, v_counts);
+    END IF;
+END
+$$;
+
+-- Jobs p_ids were discarded or cancelled (p_state) and had dependents:
+-- cancel the waiting ones, then theirs, level by level (a loop, not
+-- recursion, so a long chain cannot exhaust the stack). Dependents that
+-- run whatever the outcome (any_outcome) count the dependency as done.
+CREATE FUNCTION commitq._cancel_dependents(p_ids bigint[], p_state commitq.job_state) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_frontier bigint[] := p_ids;
+    v_state commitq.job_state := p_state;
+    v_cancel bigint[];
+    v_reason text[];
+    v_next bigint[];
+    v_done_ids bigint[];
+    v_done_counts bigint[];
+BEGIN
+    WHILE v_frontier IS NOT NULL AND v_frontier <> '{}' LOOP
+        WITH e AS (
+            DELETE FROM commitq.job_dependencies d WHERE d.depends_on = ANY (v_frontier)
+            RETURNING d.depends_on, d.job_id, d.any_outcome
+        )
+        SELECT (SELECT array_agg(e.job_id ORDER BY e.job_id) FROM e WHERE NOT e.any_outcome),
+               (SELECT array_agg(pg_catalog.format('dependency %s was %s', e.depends_on, v_state) ORDER BY e.job_id)
+                  FROM e WHERE NOT e.any_outcome),
+               (SELECT array_agg(g.job_id) FROM (SELECT e.job_id FROM e WHERE e.any_outcome GROUP BY e.job_id) g),
+               (SELECT array_agg(g.n) FROM (SELECT count(*) AS n, e.job_id FROM e WHERE e.any_outcome
+                                             GROUP BY e.job_id) g)
+          INTO v_cancel, v_reason, v_done_ids, v_done_counts;
+        IF v_done_ids IS NOT NULL THEN
+            PERFORM commitq._dependencies_done(v_done_ids, v_done_counts);
+        END IF;
+        EXIT WHEN v_cancel IS NULL;
+
+        -- Waiting dependents only (a job depending on two failed ones is
+        -- named twice: its first reason is kept). Their own dependents are
+        -- the next level; clearing the flag keeps _move_to_finished from
+        -- starting a cascade of its own.
+        v_next := ARRAY(SELECT j.id FROM commitq.jobs j
+                         WHERE j.id = ANY (v_cancel) AND j.state = 'waiting' AND j.has_dependents
+                         ORDER BY j.id FOR NO KEY UPDATE);
+        UPDATE commitq.jobs j
+           SET errors = commitq._push_error(j.errors, j.attempt, NULL, r.reason),
+               has_dependents = false
+          FROM (SELECT DISTINCT ON (t.id) t.id, t.reason FROM unnest(v_cancel, v_reason) AS t(id, reason)
+                 ORDER BY t.id) r
+         WHERE j.id = ANY (v_cancel) AND j.id = r.id AND j.state = 'waiting';
+        PERFORM commitq._move_to_finished(
+            ARRAY(SELECT j.id FROM commitq.jobs j WHERE j.id = ANY (v_cancel) AND j.state = 'waiting'),
+            'cancelled');
+        v_frontier := v_next;
+        v_state := 'cancelled';
+    END LOOP;
+END
+$$;
+
+-- Finish a job successfully, as complete(job_id, lease_token) does, and keep
+-- `result` (any JSON value up to commitq.max_args_bytes; NULL: none) for
+-- the jobs that depend on it: they read it in dependency_results when
+-- claimed. A new overload, so that two-argument calls stay as they are.
+CREATE FUNCTION commitq.complete(job_id bigint, lease_token bigint, result jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM commitq._check(coalesce(
+        CASE WHEN complete.job_id IS NULL THEN 'job_id must not be NULL'
+             WHEN complete.lease_token IS NULL THEN 'lease_token must not be NULL' END,
+        commitq._result_problem(complete.result)));
+    IF cardinality((commitq._complete_leased(ARRAY[complete.job_id], ARRAY[complete.lease_token])).done) = 0 THEN
+        PERFORM commitq._lease_error(complete.job_id, complete.lease_token);
+    END IF;
+    IF complete.result IS NOT NULL THEN
+        INSERT INTO commitq.job_results AS r (job_id, result) VALUES (complete.job_id, complete.result)
+        ON CONFLICT ON CONSTRAINT job_results_pkey
+        DO UPDATE SET result = excluded.result, completed_at = excluded.completed_at;
+    END IF;
+END
+$$;
+
+-- maintain()'s part: forget results past the longer of the idempotency
+-- window and finished_retention. Returns how many.
+CREATE FUNCTION commitq._prune_results(p_batch integer) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM commitq.job_results r
+         WHERE r.job_id IN (SELECT o.job_id FROM commitq.job_results o, commitq.config c
+                             WHERE o.completed_at < now() - greatest(c.idempotency_window, c.finished_retention)
+                             ORDER BY o.completed_at
+                             LIMIT p_batch
+                               FOR UPDATE OF o SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_n FROM gone;
+    RETURN v_n;
+END
+$$;
+
+-- sql/replace.sql as it is:
+-- Replace and debounce: enqueue(..., idempotency_key => k, on_duplicate =>
+-- 'replace' | 'debounce') when k already names a job of the queue.
+--
+--   'replace'   a job still waiting (scheduled, available, blocked, waiting)
+--               takes the new call's args, priority, run_at and max_attempts.
+--   'debounce'  a job still waiting keeps its args and priority, and its
+--               run_at moves to the later of its own and the new call's:
+--               "run once, this long after the last call".
+--   either      a running job is never changed: a follow-up job with the new
+--               call's values takes over the key and waits (state 'waiting')
+--               until the running one finishes, however it finishes; later
+--               calls replace or debounce that follow-up, so a burst of calls
+--               during a run adds one run, not one per call. A job that has
+--               finished is not changed either: a new job takes the key.
+--
+-- graphile-worker's job_key modes are the model ('replace' there, and
+-- 'preserve_run_at' close to debounce); a running job there gets a new job
+-- beside it, which may run at the same time, where here it runs after.
+--
+-- Concurrency: the enqueue holds the lock of the key's row in
+-- commitq.idempotency_keys (its INSERT ... ON CONFLICT locks it), so calls
+-- with one key take turns; the job is then locked FOR NO KEY UPDATE, which
+-- waits for a claim that is taking it right now (the claim's SKIP LOCKED
+-- passes over a job being replaced), and reads the state the claim left.
+
+-- The job `p_job_id` that the key names, for a call with on_duplicate
+-- `p_mode`: 'updated' when it was still waiting and now has the new values,
+-- 'after' when it is running (a follow-up must wait for it), 'new' when it
+-- has finished (a new job takes the key).
+CREATE FUNCTION commitq._enqueue_replace(
+    p_job_id bigint, p_args jsonb, p_priority integer, p_run_at timestamptz,
+    p_max_attempts integer, p_mode text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j commitq.jobs;
+    v_run_at timestamptz;
+    v_state commitq.job_state;
+BEGIN
+    SELECT * INTO j FROM commitq.jobs x WHERE x.id = p_job_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'new';
+    ELSIF j.state = 'running' THEN
+        RETURN 'after';
+    END IF;
+    v_run_at := CASE WHEN p_mode = 'debounce' THEN greatest(j.run_at, coalesce(p_run_at, now()))
+                     ELSE coalesce(p_run_at, now()) END;
+    -- Jobs parked for their concurrency key or their dependencies keep
+    -- their state: they leave it when the key or the dependencies say so.
+    v_state := CASE WHEN j.state IN ('available', 'scheduled') AND NOT j.slot_held
+                    THEN CASE WHEN v_run_at > now() OR j.after_xact IS NOT NULL
+                              THEN 'scheduled' ELSE 'available' END::commitq.job_state
+                    ELSE j.state END;
+    IF p_mode = 'replace' THEN
+        UPDATE commitq.jobs x
+           SET args = p_args, priority = p_priority, run_at = v_run_at,
+               max_attempts = p_max_attempts, state = v_state
+         WHERE x.id = j.id;
+    ELSE
+        UPDATE commitq.jobs x SET run_at = v_run_at, state = v_state WHERE x.id = j.id;
+    END IF;
+    IF v_state = 'available' THEN
+        PERFORM commitq._wake(j.queue);
+    END IF;
+    RETURN 'updated';
+END
+$$;
+
+-- enqueue, _enqueue_keyed, _enqueue_arrays and the arrays form of
+-- enqueue_many gain trailing arguments: dropped and created again (a second
+-- overload would make every existing call ambiguous). Nothing depends on
+-- them but their grants, given again below, and the per-database grants of
+-- commitq.grant_producer, carried over here.
+SELECT pg_catalog.set_config('commitq.upgrade_enqueue_grants', coalesce(pg_catalog.string_agg(
+           pg_catalog.format('%s=%s', p.proname, pg_catalog.quote_ident(a.grantee::regrole::text)), ','), ''), true)
+  FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+ WHERE p.pronamespace = 'commitq'::regnamespace AND p.proname IN ('enqueue', 'enqueue_many')
+   AND p.pronargs > 1 AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0
+   AND a.grantee <> p.proowner
+   AND a.grantee::regrole::text NOT IN ('commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader');
+DROP FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8);
+DROP FUNCTION commitq._enqueue_keyed(text, text, jsonb, integer, timestamptz, integer, text, text, xid8);
+DROP FUNCTION commitq._enqueue_arrays(text[], text[], jsonb[], integer[], timestamptz[], integer[], text[], text[]);
+DROP FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[]);
+
+-- Insert one job. With an idempotency key that already names a job of this
+-- queue (live, or enqueued within commitq.config.idempotency_window), insert
+-- nothing and return that job with inserted = false, or with on_duplicate
+-- 'replace' or 'debounce' update it while it waits (replace.sql). With
+-- after_xact (a pg_current_xact_id() of another connection's transaction)
+-- the job waits until that transaction commits, and is cancelled if it
+-- aborts. With depends_on it waits until those jobs have completed
+-- (dependencies.sql).
+--
+-- In C (extension/src/enqueue.rs): it is the hot path of every producer. A
+-- job without an idempotency key, after_xact, depends_on or on_duplicate is
+-- checked and inserted there by one prepared statement; the others go to
+-- commitq._enqueue_keyed below.
+-- It has no SET search_path because it resolves nothing on the path: its
+-- statements schema-qualify every name, operators included (see enqueue.rs).
+CREATE FUNCTION commitq.enqueue(
+    queue text,
+    kind text,
+    args jsonb DEFAULT '{}',
+    priority integer DEFAULT 0,
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT 25,
+    idempotency_key text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    after_xact xid8 DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL,
+    on_duplicate text DEFAULT NULL,
+    OUT job_id bigint,
+    OUT inserted boolean)
+LANGUAGE c VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'commitq_enqueue';
+
+-- commitq.enqueue of a job with an idempotency key, after_xact, depends_on
+-- or on_duplicate; called by it (and by enqueue_many) as the extension's
+-- owner, so not granted. The callers have checked the job's other fields.
+CREATE FUNCTION commitq._enqueue_keyed(
+    queue text,
+    kind text,
+    args jsonb,
+    priority integer,
+    run_at timestamptz,
+    max_attempts integer,
+    idempotency_key text,
+    concurrency_key text,
+    after_xact xid8,
+    depends_on bigint[],
+    on_duplicate text,
+    OUT job_id bigint,
+    OUT inserted boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_run_at timestamptz := coalesce(_enqueue_keyed.run_at, now());
+    v_window interval;
+    v_wake boolean;
+    v_gated boolean := false;
+    v_deps bigint[];
+    v_after bigint;
+    v_live bigint[];
+    v_failed text;
+    v_action text;
+    v_state commitq.job_state;
+BEGIN
+    PERFORM commitq._check(commitq._dependency_problem(
+        _enqueue_keyed.depends_on, _enqueue_keyed.on_duplicate, _enqueue_keyed.idempotency_key));
+    IF _enqueue_keyed.after_xact IS NOT NULL THEN
+        -- Raises for a transaction id from the future; a gated job waits in
+        -- 'scheduled' until claim or maintain sees its transaction commit.
+        PERFORM pg_xact_status(_enqueue_keyed.after_xact);
+        v_gated := true;
+    END IF;
+
+    _enqueue_keyed.inserted := true;
+    IF _enqueue_keyed.idempotency_key IS NOT NULL THEN
+        SELECT c.idempotency_window INTO v_window FROM commitq.config c;
+        _enqueue_keyed.job_id := nextval('commitq.job_id_seq');
+        LOOP
+            -- The primary key of idempotency_keys decides. A concurrent enqueue
+            -- of the same key waits here until the other transaction commits
+            -- (we return its job) or rolls back (we insert). A key whose job has
+            -- finished and whose window has passed is taken over. When the key
+            -- is taken, the row stays locked by us (ON CONFLICT locks it even
+            -- when its WHERE is false): replace and debounce rely on that.
+            INSERT INTO commitq.idempotency_keys AS k (queue, key, job_id)
+            VALUES (_enqueue_keyed.queue, _enqueue_keyed.idempotency_key, _enqueue_keyed.job_id)
+            ON CONFLICT (queue, key) DO UPDATE
+               SET job_id = excluded.job_id, created_at = excluded.created_at
+             WHERE k.created_at < now() - v_window
+               AND NOT EXISTS (SELECT 1 FROM commitq.jobs j WHERE j.id = k.job_id);
+            EXIT WHEN FOUND;
+
+            SELECT k.job_id INTO v_after
+              FROM commitq.idempotency_keys k
+             WHERE k.queue = _enqueue_keyed.queue AND k.key = _enqueue_keyed.idempotency_key;
+            IF FOUND THEN
+                IF coalesce(_enqueue_keyed.on_duplicate, 'return') = 'return' THEN
+                    _enqueue_keyed.job_id := v_after;
+                    _enqueue_keyed.inserted := false;
+                    RETURN;
+                END IF;
+                v_action := commitq._enqueue_replace(v_after, _enqueue_keyed.args, _enqueue_keyed.priority,
+                                                     _enqueue_keyed.run_at, _enqueue_keyed.max_attempts,
+                                                     _enqueue_keyed.on_duplicate);
+                IF v_action = 'updated' THEN
+                    _enqueue_keyed.job_id := v_after;
+                    _enqueue_keyed.inserted := false;
+                    RETURN;
+                END IF;
+                -- Running ('after': the new job follows it) or finished
+                -- ('new'): a new job takes over the key.
+                IF v_action = 'new' THEN
+                    v_after := NULL;
+                END IF;
+                UPDATE commitq.idempotency_keys k SET job_id = _enqueue_keyed.job_id, created_at = now()
+                 WHERE k.queue = _enqueue_keyed.queue AND k.key = _enqueue_keyed.idempotency_key;
+                EXIT;
+            END IF;
+            -- maintain() pruned the key between the two statements: go again.
+        END LOOP;
+    END IF;
+
+    -- Dependencies (dependencies.sql): the follow-up of a running job
+    -- waits for it whatever its outcome.
+    v_deps := ARRAY(SELECT DISTINCT d FROM unnest(_enqueue_keyed.depends_on) d
+                    UNION SELECT v_after WHERE v_after IS NOT NULL ORDER BY 1);
+    IF v_deps <> '{}' THEN
+        SELECT r.live, r.failed INTO v_live, v_failed FROM commitq._resolve_dependencies(v_deps, v_after) r;
+    END IF;
+    v_state := CASE WHEN cardinality(v_live) > 0 AND v_failed IS NULL THEN 'waiting'
+                    WHEN v_run_at > now() OR v_gated THEN 'scheduled'
+                    ELSE 'available' END;
+
+    -- The insert also tells whether a worker waits for this queue (one
+    -- statement, as in enqueue.rs).
+    INSERT INTO commitq.jobs AS j (id, queue, kind, args, state, priority, run_at, max_attempts,
+                                   idempotency_key, concurrency_key, after_xact, depends_on, deps_pending)
+    VALUES (coalesce(_enqueue_keyed.job_id, nextval('commitq.job_id_seq')),
+            _enqueue_keyed.queue, _enqueue_keyed.kind, _enqueue_keyed.args,
+            v_state, _enqueue_keyed.priority, v_run_at, _enqueue_keyed.max_attempts,
+            _enqueue_keyed.idempotency_key, _enqueue_keyed.concurrency_key, _enqueue_keyed.after_xact,
+            nullif(_enqueue_keyed.depends_on, '{}'), coalesce(cardinality(v_live), 0))
+    RETURNING j.id,
+              v_state = 'available'
+              AND EXISTS (SELECT 1 FROM commitq.waiting_workers w WHERE w.queue = _enqueue_keyed.queue)
+         INTO _enqueue_keyed.job_id, v_wake;
+
+    IF v_failed IS NOT NULL THEN
+        -- A dependency was discarded or cancelled before this job came:
+        -- it is cancelled at once, as it would have been after.
+        UPDATE commitq.jobs j SET errors = commitq._push_error(j.errors, 0, NULL, v_failed)
+         WHERE j.id = _enqueue_keyed.job_id;
+        PERFORM commitq._move_to_finished(ARRAY[_enqueue_keyed.job_id], 'cancelled');
+        RETURN;
+    END IF;
+    IF v_state = 'waiting' THEN
+        INSERT INTO commitq.job_dependencies (depends_on, job_id, any_outcome)
+        SELECT d, _enqueue_keyed.job_id, d IS NOT DISTINCT FROM v_after FROM unnest(v_live) d;
+    END IF;
+
+    -- What commitq._wake does, inlined: v_wake already says a worker waits.
+    IF v_wake THEN
+        PERFORM pg_notify('commitq:' || _enqueue_keyed.queue, '');
+    END IF;
+    IF v_state = 'available' THEN
+        PERFORM commitq._wake_at_commit(_enqueue_keyed.queue);
+    END IF;
+END
+$$;
+
+-- Insert many jobs given as parallel arrays (one element per job), in one
+-- statement for the jobs without an idempotency key, dependencies or
+-- on_duplicate. p_depends holds each job's depends_on as a JSON array of
+-- ids (NULL: none). Returns one row per job, in input order.
+CREATE FUNCTION commitq._enqueue_arrays(
+    p_queues text[], p_kinds text[], p_args jsonb[], p_priorities integer[],
+    p_run_ats timestamptz[], p_max_attempts integer[], p_ikeys text[], p_ckeys text[],
+    p_depends jsonb[], p_on_dups text[])
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ords bigint[];
+    v_ids bigint[];
+    v_inserted boolean[];
+    r record;
+    e record;
+BEGIN
+    -- Validate every job before writing any, so a bad one changes nothing.
+    PERFORM commitq._batch_job_ok(t.ord, t.q, t.k, t.a, t.p, coalesce(t.r, now()), t.m, t.ik, t.ck)
+       FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys)
+            WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, ord);
+
+    -- Jobs without an idempotency key (or dependencies, or on_duplicate):
+    -- one INSERT.
+    WITH input AS MATERIALIZED (
+        SELECT nextval('commitq.job_id_seq') AS id, t.*
+          FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ckeys, p_ikeys,
+                      p_depends, p_on_dups)
+               WITH ORDINALITY AS t(q, k, a, p, r, m, ck, ik, dep, od, ord)
+         WHERE t.ik IS NULL AND t.dep IS NULL AND t.od IS NULL
+    ), ins AS (
+        INSERT INTO commitq.jobs (id, queue, kind, args, state, priority, run_at, max_attempts,
+                                  concurrency_key)
+        SELECT i.id, i.q, i.k, i.a,
+               CASE WHEN coalesce(i.r, now()) > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+               i.p, coalesce(i.r, now()), i.m, i.ck
+          FROM input i
+         ORDER BY i.ord
+    )
+    SELECT coalesce(array_agg(i.ord ORDER BY i.ord), '{}'),
+           coalesce(array_agg(i.id ORDER BY i.ord), '{}'),
+           coalesce(array_agg(true ORDER BY i.ord), '{}')
+      INTO v_ords, v_ids, v_inserted
+      FROM input i;
+
+    PERFORM commitq._wake(q)
+       FROM (SELECT DISTINCT t.q
+               FROM unnest(p_queues, p_run_ats, p_ikeys, p_depends, p_on_dups) AS t(q, r, ik, dep, od)
+              WHERE t.ik IS NULL AND t.dep IS NULL AND t.od IS NULL AND coalesce(t.r, now()) <= now()) s;
+
+    -- Jobs with an idempotency key, dependencies or on_duplicate: each goes
+    -- the way of a single enqueue, in input order (so a key repeated in the
+    -- batch dedups, and a job may depend on an earlier one's id).
+    IF p_ikeys IS NOT NULL OR p_depends IS NOT NULL OR p_on_dups IS NOT NULL THEN
+        FOR r IN
+            SELECT t.*
+              FROM unnest(p_queues, p_kinds, p_args, p_priorities, p_run_ats, p_max_attempts, p_ikeys, p_ckeys,
+                          p_depends, p_on_dups)
+                   WITH ORDINALITY AS t(q, k, a, p, r, m, ik, ck, dep, od, ord)
+             WHERE t.ik IS NOT NULL OR t.dep IS NOT NULL OR t.od IS NOT NULL
+             ORDER BY t.ord
+        LOOP
+            SELECT * INTO e FROM commitq._enqueue_keyed(r.q, r.k, r.a, r.p, r.r, r.m, r.ik, r.ck, NULL,
+                                                        commitq._depends_from_json(r.ord, r.dep), r.od);
+            v_ords := v_ords || r.ord;
+            v_ids := v_ids || e.job_id;
+            v_inserted := v_inserted || e.inserted;
+        END LOOP;
+    END IF;
+
+    RETURN QUERY
+        SELECT t.id, t.ins FROM unnest(v_ords, v_ids, v_inserted) AS t(ord, id, ins) ORDER BY t.ord;
+END
+$$;
+
+-- Insert many jobs of one queue and kind: args[i] is job i's args; the keys
+-- arrays, when given, hold job i's keys (NULL elements for none). Returns
+-- (job_id, inserted) per job, in input order. Without idempotency keys it is
+-- one INSERT ... SELECT, the fastest way into the queue.
+CREATE FUNCTION commitq.enqueue_many(
+    queue text,
+    kind text,
+    args jsonb[],
+    priority integer DEFAULT 0,
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT 25,
+    idempotency_keys text[] DEFAULT NULL,
+    concurrency_keys text[] DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL,
+    on_duplicate text DEFAULT NULL)
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := coalesce(cardinality(enqueue_many.args), 0);
+    v_run_at timestamptz := coalesce(enqueue_many.run_at, now());
+    v_problem text;
+    v_max integer;
+BEGIN
+    PERFORM commitq._check(CASE
+        WHEN enqueue_many.args IS NULL THEN 'args must not be NULL'
+        WHEN cardinality(enqueue_many.idempotency_keys) <> n
+            THEN 'idempotency_keys must have one element per job'
+        WHEN cardinality(enqueue_many.concurrency_keys) <> n
+            THEN 'concurrency_keys must have one element per job' END);
+
+    IF enqueue_many.idempotency_keys IS NOT NULL OR enqueue_many.depends_on IS NOT NULL
+       OR enqueue_many.on_duplicate IS NOT NULL THEN
+        -- Every job of the batch depends on all of depends_on (fan-out).
+        PERFORM commitq._check(commitq._dependency_problem(enqueue_many.depends_on, enqueue_many.on_duplicate,
+                                                           CASE WHEN enqueue_many.idempotency_keys IS NOT NULL
+                                                                THEN '' END));
+        RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
+            array_fill(enqueue_many.queue, ARRAY[n]),
+            array_fill(enqueue_many.kind, ARRAY[n]),
+            enqueue_many.args,
+            array_fill(enqueue_many.priority, ARRAY[n]),
+            array_fill(enqueue_many.run_at, ARRAY[n]),
+            array_fill(enqueue_many.max_attempts, ARRAY[n]),
+            enqueue_many.idempotency_keys,
+            enqueue_many.concurrency_keys,
+            array_fill(to_jsonb(enqueue_many.depends_on), ARRAY[n]),
+            array_fill(enqueue_many.on_duplicate, ARRAY[n]));
+        RETURN;
+    END IF;
+
+    -- What is the same for every job is checked once...
+    v_problem := commitq._job_problem(enqueue_many.queue, enqueue_many.kind, 'object', 0,
+                                      enqueue_many.priority, enqueue_many.max_attempts,
+                                      isfinite(v_run_at), NULL, NULL);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'commitq: %', v_problem USING ERRCODE = 'CQ001';
+    END IF;
+    v_max := commitq._max_args_bytes();
+
+    -- ...and each job's args inline; a row that fails the inline check gets
+    -- the full check, which raises and so rejects the whole statement.
+    RETURN QUERY
+    INSERT INTO commitq.jobs AS j (queue, kind, args, state, priority, run_at, max_attempts,
+                                   concurrency_key)
+    SELECT enqueue_many.queue, enqueue_many.kind, t.a,
+           CASE WHEN v_run_at > now() THEN 'scheduled' ELSE 'available' END::commitq.job_state,
+           enqueue_many.priority, v_run_at, enqueue_many.max_attempts, t.ck
+      FROM unnest(enqueue_many.args, enqueue_many.concurrency_keys) WITH ORDINALITY AS t(a, ck, ord)
+     WHERE CASE WHEN jsonb_typeof(t.a) = 'object' AND pg_column_size(t.a) <= v_max
+                     -- printable ASCII keys pass inline; any other gets the full check
+                     AND (t.ck IS NULL OR t.ck ~ '^[ -~]{1,255}$')
+                THEN true
+                ELSE commitq._batch_job_ok(t.ord, enqueue_many.queue, enqueue_many.kind, t.a,
+                                           enqueue_many.priority, v_run_at, enqueue_many.max_attempts,
+                                           NULL, t.ck) END
+    -- No ORDER BY: the rows come from one scan of the array, in array order,
+    -- and are inserted and returned in that order; sorting 100,000 rows would
+    -- cost a tenth of the statement. A test checks the order.
+    RETURNING j.id, true;
+
+    IF n > 0 AND v_run_at <= now() THEN
+        PERFORM commitq._wake(enqueue_many.queue);
+    END IF;
+END
+$$;
+
+-- Insert many jobs given as a JSON array of objects, each with "queue",
+-- "kind" and optionally "args", "priority", "run_at", "max_attempts",
+-- "idempotency_key", "concurrency_key", "depends_on" (an array of job ids),
+-- "on_duplicate". Same rules as enqueue, per job; all or nothing. Returns
+-- (job_id, inserted) per job, in input order.
+CREATE OR REPLACE FUNCTION commitq.enqueue_many(jobs jsonb)
+RETURNS TABLE (job_id bigint, inserted boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_bad text;
+BEGIN
+    PERFORM commitq._check(CASE WHEN enqueue_many.jobs IS NULL THEN 'jobs must not be NULL'
+                                WHEN jsonb_typeof(enqueue_many.jobs) <> 'array'
+                                THEN 'jobs must be a JSON array of job objects' END);
+    SELECT format('job %s: %s', e.i,
+                  CASE WHEN jsonb_typeof(e.j) <> 'object' THEN 'must be a JSON object'
+                       ELSE 'unknown field ' || quote_ident(f.key) END)
+      INTO v_bad
+      FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)
+      LEFT JOIN LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof(e.j) = 'object' THEN e.j END) AS f(key) ON true
+     WHERE jsonb_typeof(e.j) <> 'object'
+        OR f.key NOT IN ('queue', 'kind', 'args', 'priority', 'run_at', 'max_attempts',
+                         'idempotency_key', 'concurrency_key', 'depends_on', 'on_duplicate')
+     ORDER BY e.i
+     LIMIT 1;
+    PERFORM commitq._check(v_bad);
+
+    RETURN QUERY SELECT * FROM commitq._enqueue_arrays(
+        (SELECT array_agg(j->>'queue' ORDER BY i) FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'kind' ORDER BY i) FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(CASE WHEN j ? 'args' THEN j->'args' ELSE '{}'::jsonb END ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(coalesce((j->>'priority')::integer, 0) ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg((j->>'run_at')::timestamptz ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(coalesce((j->>'max_attempts')::integer, 25) ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'idempotency_key' ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'concurrency_key' ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(nullif(j->'depends_on', 'null') ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)),
+        (SELECT array_agg(j->>'on_duplicate' ORDER BY i)
+           FROM jsonb_array_elements(enqueue_many.jobs) WITH ORDINALITY AS e(j, i)));
+END
+$$;
+
+-- Job `p_ord` of a batch: its depends_on, given as a JSON array of job ids,
+-- as bigint[] (NULL for none); CQ001 for anything else.
+CREATE FUNCTION commitq._depends_from_json(p_ord bigint, p_depends jsonb) RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_depends IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(p_depends) <> 'array'
+       OR EXISTS (SELECT 1 FROM jsonb_array_elements(p_depends) x
+                   WHERE jsonb_typeof(x) <> 'number' OR x::text !~ '^-?[0-9]{1,18}$') THEN
+        RAISE EXCEPTION 'commitq: job % of the batch: depends_on must be a JSON array of job ids', p_ord
+            USING ERRCODE = 'CQ001', DETAIL = 'nothing in the batch was enqueued';
+    END IF;
+    RETURN ARRAY(SELECT x::text::bigint FROM jsonb_array_elements(p_depends) x);
+END
+$$;
+
+-- sql/finish.sql: completions and moves to finished_jobs release or cancel dependents.
+-- Move jobs from the live table to finished_jobs in one statement.
+CREATE OR REPLACE FUNCTION commitq._move_to_finished(p_ids bigint[], p_state commitq.job_state)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids bigint[];
+    v_queues text[];
+    v_parents bigint[];
+BEGIN
+    WITH moved AS (
+        DELETE FROM commitq.jobs WHERE id = ANY (p_ids) RETURNING *
+    ), ins AS (
+        INSERT INTO commitq.finished_jobs
+            (id, queue, kind, args, state, priority, run_at, attempt, max_attempts, lease_token,
+             worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, finished_at)
+        SELECT id, queue, kind, args, p_state, priority, run_at, attempt, max_attempts, lease_token,
+               worker, idempotency_key, concurrency_key, errors, enqueued_at, claimed_at, pg_catalog.now()
+          FROM moved
+        RETURNING id, queue
+    )
+    SELECT array_agg(ins.id), array_agg(ins.queue),
+           (SELECT array_agg(moved.id) FROM moved WHERE moved.has_dependents)
+      INTO v_ids, v_queues, v_parents FROM ins;
+    -- Jobs that others wait for (dependencies.sql): completed ones count as
+    -- done for them, discarded or cancelled ones cancel them.
+    IF v_parents IS NOT NULL THEN
+        IF p_state = 'completed' THEN
+            PERFORM commitq._release_dependents(v_parents);
+        ELSE
+            PERFORM commitq._cancel_dependents(v_parents, p_state);
+        END IF;
+    END IF;
+    -- Discards and cancellations count here, whichever path finishes the
+    -- job; completions count in _complete_leased, kept or not.
+    IF p_state <> 'completed' AND v_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(v_queues, p_state::text);
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
+END
+$$;
+
+-- Complete every job of the batch whose (job_id, lease_token) is its
+-- current, live lease; `done` holds the ids completed, `done_keys` and
+-- `done_queues` their concurrency keys (NULL for none) and queues. Completed
+-- jobs are deleted, or moved to finished_jobs when commitq.config.keep_completed is
+-- on; their concurrency keys' slots are given back in the same transaction.
+-- With p_worker, the slots go to the next jobs of the keys in the same
+-- queues, claimed for p_worker under a lease of p_lease and returned in
+-- `taken` (see complete_and_take).
+CREATE OR REPLACE FUNCTION commitq._complete_leased(
+    p_ids bigint[], p_tokens bigint[], p_worker text DEFAULT NULL, p_lease interval DEFAULT NULL,
+    OUT done bigint[], OUT done_keys text[], OUT done_queues text[],
+    OUT taken commitq.claimed_job[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_parents bigint[];
+BEGIN
+    IF (SELECT c.keep_completed FROM commitq.config c) THEN
+        -- Lock in id order so that two overlapping batches cannot deadlock.
+        SELECT coalesce(array_agg(l.id), '{}'), array_agg(l.concurrency_key), array_agg(l.queue)
+          INTO done, done_keys, done_queues
+          FROM (SELECT j.id, j.concurrency_key, j.queue
+                  FROM commitq.jobs j
+                 WHERE j.id = ANY (p_ids)
+                   AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+                   -- CASE: looked up by primary key (see _locked_lease)
+                   AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
+                 ORDER BY j.id
+                   FOR UPDATE OF j) l;
+        PERFORM commitq._move_to_finished(done, 'completed');
+    ELSE
+        -- One statement: the lease check and the delete. `id = ANY` and the
+        -- lease test as a CASE, so the plan looks the batch up by primary key
+        -- whatever the statistics say about running jobs (see _locked_lease).
+        WITH gone AS (
+            DELETE FROM commitq.jobs j
+             WHERE j.id = ANY (p_ids)
+               AND (j.id, j.lease_token) IN (SELECT * FROM unnest(p_ids, p_tokens))
+               AND CASE WHEN j.state = 'running' THEN j.lease_expires_at > clock_timestamp() END
+            RETURNING j.id, j.concurrency_key, j.queue, j.has_dependents
+        )
+        SELECT coalesce(array_agg(gone.id), '{}'), array_agg(gone.concurrency_key),
+               array_agg(gone.queue), array_agg(gone.id) FILTER (WHERE gone.has_dependents)
+          INTO done, done_keys, done_queues, v_parents
+          FROM gone;
+        -- Jobs that others wait for (dependencies.sql), in a statement of
+        -- its own (see _release_dependents).
+        IF v_parents IS NOT NULL THEN
+            PERFORM commitq._release_dependents(v_parents);
+        END IF;
+    END IF;
+    -- Throughput counters (monitoring.sql): one statement per batch.
+    IF done_queues IS NOT NULL THEN
+        PERFORM commitq._count_outcome(done_queues, 'completed');
+    END IF;
+    -- Only when some job had a key (_release_keys ignores the NULLs of the
+    -- others): most completions skip the call.
+    IF array_remove(done_keys, NULL) <> '{}' THEN
+        taken := commitq._release_keys(done_keys, done_queues, p_worker, p_lease);
+    END IF;
+END
+$$;
+
+-- sql/claim.sql: the claimed row carries the dependencies' results.
+-- The claimed_job row of a job: what every claim path returns (claim, the
+-- keyed claim in concurrency_keys.sql, the take path of complete_and_take).
+-- Plain SQL without a SET clause so that the planner inlines it into the
+-- calling statement; a test (claimed_row_is_inlined) checks that it does.
+-- It resolves nothing on the search_path: a row constructor, a cast to a
+-- qualified type and a qualified function. STABLE, not IMMUTABLE: the
+-- dependencies' results are read from a table, and the planner inlines a
+-- function only into what its volatility allows.
+CREATE OR REPLACE FUNCTION commitq._claimed_row(j commitq.jobs) RETURNS commitq.claimed_job
+LANGUAGE sql STABLE
+AS $$
+    SELECT ROW(j.id, j.queue, j.kind, j.args, j.attempt, j.max_attempts, j.lease_token,
+               j.lease_expires_at, j.priority, j.run_at, j.enqueued_at, j.concurrency_key,
+               j.idempotency_key, j.errors,
+               CASE WHEN j.depends_on IS NOT NULL
+                    THEN commitq._dependency_results(j.depends_on) END)::commitq.claimed_job
+$$;
+
+-- sql/maintain.sql: maintain() prunes old results.
+-- Rescue jobs whose lease expired (their worker died or stalled): retry them
+-- with backoff, or discard them after max_attempts, or cancel them if that
+-- was requested, giving back their concurrency keys' slots; make due
+-- scheduled jobs available, and blocked jobs whose key has a free slot
+-- (after a limit was raised); forget idle concurrency keys; prune finished jobs past
+-- commitq.config.finished_retention and idempotency keys past
+-- commitq.config.idempotency_window, effects of jobs gone past
+-- finished_retention, and workers registered as waiting for 10 minutes; fire
+-- the due ticks of cron schedules and prune their old tick rows
+-- (sql/schedule.sql). Returns how many rows each step touched (not the
+-- pruned effects, waiting workers and ticks).
+CREATE OR REPLACE FUNCTION commitq.maintain(
+    OUT rescued bigint,
+    OUT discarded bigint,
+    OUT promoted bigint,
+    OUT pruned_jobs bigint,
+    OUT pruned_keys bigint,
+    OUT unblocked bigint,
+    OUT pruned_concurrency_keys bigint,
+    OUT scheduled bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    c commitq.config;
+    j commitq.jobs;
+    v_errors jsonb;
+    v_final commitq.job_state;
+    v_run_at timestamptz;
+    v_woken bigint;
+    v_released text[] := '{}';
+BEGIN
+    SELECT * INTO c FROM commitq.config;
+    rescued := 0;
+    discarded := 0;
+
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'running' AND x.lease_expires_at < clock_timestamp()
+         ORDER BY x.lease_expires_at
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        v_released := v_released || j.concurrency_key;
+        v_errors := commitq._push_error(j.errors, j.attempt, j.worker,
+            format('lease expired at %s: worker %s stopped without completing or failing the job',
+                   j.lease_expires_at, j.worker));
+        IF j.cancel_requested OR j.attempt >= j.max_attempts THEN
+            v_final := CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'discarded' END;
+            UPDATE commitq.jobs SET errors = v_errors WHERE id = j.id;
+            PERFORM commitq._move_to_finished(ARRAY[j.id], v_final);
+            discarded := discarded + 1;
+        ELSE
+            v_run_at := now() + commitq._backoff(j.attempt);
+            UPDATE commitq.jobs
+               SET state = 'scheduled', run_at = v_run_at, errors = v_errors, lease_expires_at = NULL
+             WHERE id = j.id;
+            PERFORM commitq._count_outcome(ARRAY[j.queue], 'failed');
+            rescued := rescued + 1;
+        END IF;
+    END LOOP;
+    -- The slots of the rescued jobs' keys: their workers lost them with
+    -- their leases.
+    PERFORM commitq._release_keys(v_released);
+
+    -- Jobs gated on a transaction that aborted never run. A status of NULL
+    -- means the transaction is too old for Postgres to remember (its commit
+    -- log was truncated, after about two billion transactions): its job is
+    -- cancelled too, with the reason in its errors, for an operator to retry.
+    FOR j IN
+        SELECT * FROM commitq.jobs x
+         WHERE x.state = 'scheduled' AND x.after_xact IS NOT NULL
+           AND coalesce(pg_xact_status(x.after_xact), 'unknown') IN ('aborted', 'unknown')
+         LIMIT c.maintain_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE commitq.jobs SET errors = commitq._push_error(j.errors, j.attempt, NULL,
+                   format('gating transaction %s %s', j.after_xact,
+                          coalesce(pg_xact_status(j.after_xact), 'is too old to know')))
+         WHERE id = j.id;
+        PERFORM commitq._move_to_finished(ARRAY[j.id], 'cancelled');
+        discarded := discarded + 1;
+    END LOOP;
+
+    WITH due AS (
+        UPDATE commitq.jobs u SET state = 'available'
+         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
+                         WHERE s.state = 'scheduled' AND s.run_at <= now()
+                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                         ORDER BY s.run_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING u.queue
+    ), woken AS (
+        SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
+    )
+    SELECT (SELECT count(*) FROM due), (SELECT count(*) FROM woken) INTO promoted, v_woken;
+
+    WITH gone AS (
+        DELETE FROM commitq.finished_jobs f
+         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
+                         WHERE o.finished_at < now() - c.finished_retention
+                         ORDER BY o.finished_at
+                         LIMIT c.maintain_batch
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_jobs FROM gone;
+
+    WITH gone AS (
+        DELETE FROM commitq.idempotency_keys k
+         WHERE (k.queue, k.key) IN (
+                SELECT o.queue, o.key FROM commitq.idempotency_keys o
+                 WHERE o.created_at < now() - c.idempotency_window
+                   AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+                 ORDER BY o.created_at
+                 LIMIT c.maintain_batch
+                   FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned_keys FROM gone;
+
+    SELECT k.promoted, k.pruned INTO unblocked, pruned_concurrency_keys
+      FROM commitq._maintain_keys(c.maintain_batch) k;
+
+    -- Effects of jobs that are gone (completed and deleted, or pruned), oldest
+    -- first by job_effects_created_at_idx.
+    DELETE FROM commitq.job_effects e
+     WHERE (e.job_id, e.effect) IN (
+            SELECT o.job_id, o.effect FROM commitq.job_effects o
+             WHERE o.created_at < now() - c.finished_retention
+               AND NOT EXISTS (SELECT 1 FROM commitq.jobs x WHERE x.id = o.job_id)
+               AND NOT EXISTS (SELECT 1 FROM commitq.finished_jobs f WHERE f.id = o.job_id)
+             ORDER BY o.created_at
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
+
+    -- A worker that stopped without claiming again stays registered as
+    -- waiting; forget it after a while (it only costs needless NOTIFYs). No
+    -- index on `since`: the table holds a row per waiting worker, and every
+    -- empty claim rewrites `since`, an update that stays HOT only while no
+    -- index covers the column.
+    DELETE FROM commitq.waiting_workers w
+     WHERE (w.queue, w.worker) IN (
+            SELECT o.queue, o.worker FROM commitq.waiting_workers o
+             WHERE o.since < now() - interval '10 minutes'
+             LIMIT c.maintain_batch
+               FOR UPDATE SKIP LOCKED);
+
+    -- Outcome counters past the monitoring views' hour (monitoring.sql).
+    PERFORM commitq._prune_counters(c.maintain_batch);
+
+    -- Results of completed jobs past their window (dependencies.sql).
+    PERFORM commitq._prune_results(c.maintain_batch);
+
+    scheduled := commitq._run_schedules(now());
+END
+$$;
+
+-- sql/security.sql: the new signatures and complete(..., result).
+-- What each role may do, listed once: the GRANTs below give it to the
+-- cluster roles at install, and commitq.grant_producer and friends give it
+-- to a role inside one database. commitq_operator is also a member of the
+-- other two, so its rows are only what it adds to them.
+CREATE OR REPLACE FUNCTION commitq._role_privileges()
+RETURNS TABLE (kind text, privilege text, object text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT v.kind, v.privilege, v.object FROM (VALUES
+        ('producer', 'USAGE', 'SCHEMA commitq'),
+        ('producer', 'USAGE', 'TYPE commitq.job_state'),
+        ('producer', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[], bigint[], text)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.enqueue_many(jsonb)'),
+        -- Named leases are for application code and workers alike.
+        ('producer', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('producer', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('worker', 'USAGE', 'SCHEMA commitq'),
+        ('worker', 'USAGE', 'TYPE commitq.job_state'),
+        ('worker', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.claim(text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint)'),
+        -- Completion with a result (sql/dependencies.sql).
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete(bigint, bigint, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_many(bigint[], bigint[])'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_claim(bigint[], bigint[], text, text, integer, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.complete_and_take(bigint[], bigint[], text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.stop_waiting(text, text)'),
+        -- The waiting claim (sql/claim_wait.sql, sql/wakeup.sql).
+        ('worker', 'EXECUTE', 'PROCEDURE commitq.claim_wait(text, text, integer, interval, interval, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.start_waiting(text, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.wait_supported()'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.fail(bigint, bigint, text, interval, boolean)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.heartbeat(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.snooze(bigint, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_lease(bigint, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_begin(bigint, bigint, text)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.effect_done(bigint, bigint, text, jsonb)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.maintain()'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.try_acquire_lease(text, text, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.acquire_lease(text, text, interval, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.renew_lease(text, bigint, interval)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.release_lease(text, bigint)'),
+        ('worker', 'EXECUTE', 'FUNCTION commitq.assert_fencing_token(text, bigint)'),
+        ('operator', 'USAGE', 'SCHEMA commitq'),
+        ('operator', 'USAGE', 'TYPE commitq.job_state'),
+        ('operator', 'USAGE', 'TYPE commitq.claimed_job'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.cancel(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.retry(bigint)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_concurrency_limit(text, integer)'),
+        -- Cron schedules (sql/schedule.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.schedule(text, text, text, text, jsonb, text, integer, integer, text, interval, boolean, boolean)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.unschedule(text)'),
+        -- Pausing queues (sql/pause.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.pause(text)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.resume(text)'),
+        -- Rate limits and fair queues (sql/flow_control.sql).
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_rate_limit(text, integer, interval)'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq.set_fairness(text, text)'),
+        -- The engine's state (sql/engine.sql): the view calls the function
+        -- with the reader's privileges.
+        ('operator', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        ('operator', 'SELECT', 'TABLE commitq.engine_status'),
+        -- Operators read every table and change only the settings.
+        ('operator', 'SELECT', 'ALL TABLES IN SCHEMA commitq'),
+        ('operator', 'UPDATE', 'TABLE commitq.config'),
+        -- Dashboards and exporters: the views and nothing else. The view
+        -- engine_status calls _engine_status with the reader's privileges.
+        -- (A revoke finds the kinds a role still holds by their functions:
+        -- _engine_status is the reader's.)
+        ('reader', 'USAGE', 'SCHEMA commitq'),
+        ('reader', 'USAGE', 'TYPE commitq.job_state'),
+        ('reader', 'SELECT', 'TABLE commitq.queue_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.throughput'),
+        ('reader', 'SELECT', 'TABLE commitq.job_list'),
+        ('reader', 'SELECT', 'TABLE commitq.concurrency_key_stats'),
+        ('reader', 'SELECT', 'TABLE commitq.named_lease_holders'),
+        ('reader', 'SELECT', 'TABLE commitq.schedules'),
+        ('reader', 'SELECT', 'TABLE commitq.engine_status'),
+        ('reader', 'SELECT', 'TABLE commitq.flow_control'),
+        ('reader', 'EXECUTE', 'FUNCTION commitq._engine_status()'),
+        -- queue_stats calls it as its reader, like engine_status.
+        ('reader', 'EXECUTE', 'FUNCTION commitq._available_by_queue()'),
+        ('operator', 'EXECUTE', 'FUNCTION commitq._available_by_queue()')
+    ) v(kind, privilege, object)
+$$;
+
+REVOKE ALL ON TABLE commitq.job_dependencies, commitq.job_results FROM PUBLIC;
+REVOKE ALL ON TYPE commitq.job_dependencies, commitq.job_results FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+    commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text),
+    commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[], bigint[], text),
+    commitq._enqueue_keyed(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text),
+    commitq._enqueue_arrays(text[], text[], jsonb[], integer[], timestamptz[], integer[], text[], text[], jsonb[], text[]),
+    commitq._depends_from_json(bigint, jsonb),
+    commitq._dependency_problem(bigint[], text, text),
+    commitq._result_problem(jsonb),
+    commitq._dependency_results(bigint[]),
+    commitq._resolve_dependencies(bigint[], bigint),
+    commitq._dependencies_done(bigint[], bigint[]),
+    commitq._release_dependents(bigint[]),
+    commitq._cancel_dependents(bigint[], commitq.job_state),
+    commitq.complete(bigint, bigint, jsonb),
+    commitq._prune_results(integer),
+    commitq._enqueue_replace(bigint, jsonb, integer, timestamptz, integer, text)
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text),
+    commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[], bigint[], text)
+  TO commitq_producer;
+GRANT EXECUTE ON FUNCTION commitq.complete(bigint, bigint, jsonb) TO commitq_worker;
+-- Operators read every table (security.sql: ALL TABLES IN SCHEMA commitq).
+GRANT SELECT ON TABLE commitq.job_dependencies, commitq.job_results TO commitq_operator;
+-- Roles given producer rights in this database (commitq.grant_producer)
+-- keep them on the new signatures; those with worker rights get
+-- complete(..., result).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT pg_catalog.split_part(g, '=', 1) AS fn, pg_catalog.split_part(g, '=', 2) AS grantee
+               FROM pg_catalog.unnest(pg_catalog.string_to_array(
+                        pg_catalog.current_setting('commitq.upgrade_enqueue_grants'), ',')) g
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s',
+            CASE r.fn WHEN 'enqueue'
+                 THEN 'commitq.enqueue(text, text, jsonb, integer, timestamptz, integer, text, text, xid8, bigint[], text)'
+                 ELSE 'commitq.enqueue_many(text, text, jsonb[], integer, timestamptz, integer, text[], text[], bigint[], text)'
+            END, r.grantee);
+    END LOOP;
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = 'commitq.complete(bigint, bigint)'::regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner
+                AND a.grantee::regrole::text NOT IN ('commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader')
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION commitq.complete(bigint, bigint, jsonb) TO %s', r.grantee);
+    END LOOP;
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid = 'commitq.jobs'::regclass
+                AND a.privilege_type = 'SELECT' AND a.grantee <> 0 AND a.grantee <> c.relowner
+                AND a.grantee::regrole::text NOT IN ('commitq_producer', 'commitq_worker', 'commitq_operator', 'commitq_reader')
+    LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE commitq.job_dependencies, commitq.job_results TO %s', r.grantee);
+    END LOOP;
+END
+$$;

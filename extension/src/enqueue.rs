@@ -4,8 +4,9 @@
 //! transaction), the interpreter and the `SET search_path` of a PL/pgSQL
 //! SECURITY DEFINER function cost about half of an enqueue. Here the common
 //! job (no idempotency key, no `after_xact`) is checked in Rust and inserted
-//! by one statement prepared once per session. Jobs with an idempotency key
-//! or `after_xact` go to `commitq._enqueue_keyed` (sql/enqueue.sql), whose
+//! by one statement prepared once per session. Jobs with an idempotency key,
+//! `after_xact`, `depends_on` or `on_duplicate` go to
+//! `commitq._enqueue_keyed` (sql/enqueue.sql), whose
 //! retry loop is clearer in PL/pgSQL and costs little next to its extra
 //! writes.
 //!
@@ -27,11 +28,12 @@ use pgrx::{pg_getarg, pg_getarg_datum_raw, pg_sys, IntoDatum};
 use crate::errors::raise_cq001;
 use crate::rules::job_problem;
 
-// Both statements take the nine arguments of commitq.enqueue, in order.
+// Both statements take the eleven arguments of commitq.enqueue, in order.
 
 /// The common job: insert it, and say whether a worker waits for the queue
 /// (then it gets a NOTIFY, see commitq.waiting_workers). $5 is never NULL
-/// here; $7 and $9 (idempotency_key, after_xact) always are, and unused.
+/// here; $7, $9, $10 and $11 (idempotency_key, after_xact, depends_on,
+/// on_duplicate) always are, and unused.
 const INSERT: &CStr = c"
     INSERT INTO commitq.jobs AS j (queue, kind, args, state, priority, run_at, max_attempts,
                                    concurrency_key)
@@ -44,13 +46,20 @@ const INSERT: &CStr = c"
               AND EXISTS (SELECT FROM commitq.waiting_workers w
                            WHERE w.queue OPERATOR(pg_catalog.=) $1)";
 
-/// Jobs with an idempotency key or after_xact: to the PL/pgSQL implementation.
+/// Jobs with an idempotency key, after_xact, depends_on or on_duplicate: to
+/// the PL/pgSQL implementation, which also checks the last two.
 const KEYED: &CStr = c"
+    SELECT k.job_id, k.inserted
+      FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS k";
+
+/// KEYED in a database still at 0.1.0, whose _enqueue_keyed has nine
+/// arguments (the extension is updated after its library is replaced).
+const KEYED_0_1: &CStr = c"
     SELECT k.job_id, k.inserted
       FROM commitq._enqueue_keyed($1, $2, $3, $4, $5, $6, $7, $8, $9) AS k";
 
 /// The types of commitq.enqueue's arguments.
-const ARG_TYPES: [pg_sys::Oid; 9] = [
+const ARG_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::JSONBOID,
@@ -60,6 +69,8 @@ const ARG_TYPES: [pg_sys::Oid; 9] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::XID8OID,
+    pg_sys::INT8ARRAYOID,
+    pg_sys::TEXTOID,
 ];
 
 /// The arguments of commitq.enqueue, in order.
@@ -72,11 +83,14 @@ const MAX_ATTEMPTS: usize = 5;
 const IDEMPOTENCY_KEY: usize = 6;
 const CONCURRENCY_KEY: usize = 7;
 const AFTER_XACT: usize = 8;
+const DEPENDS_ON: usize = 9;
+const ON_DUPLICATE: usize = 10;
 
 thread_local! {
     // Plans kept for the session (SPI_keepplan): a backend is one thread.
     static INSERT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
     static KEYED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
+    static KEYED_0_1_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(ptr::null_mut()) };
     // The blessed descriptor of the (job_id, inserted) result.
     static RESULT_DESC: Cell<pg_sys::TupleDesc> = const { Cell::new(ptr::null_mut()) };
 }
@@ -84,7 +98,8 @@ thread_local! {
 crate::errors::finfo_v1!(pg_finfo_commitq_enqueue);
 
 /// `commitq.enqueue(queue, kind, args, priority, run_at, max_attempts,
-/// idempotency_key, concurrency_key, after_xact) -> (job_id, inserted)`.
+/// idempotency_key, concurrency_key, after_xact, depends_on, on_duplicate)
+/// -> (job_id, inserted)`.
 ///
 /// # Safety
 /// Called by PostgreSQL's function manager with the arguments declared in
@@ -93,8 +108,12 @@ crate::errors::finfo_v1!(pg_finfo_commitq_enqueue);
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let raw =
-            |n: usize| (!pgrx::pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n));
+        // A database still at 0.1.0 (before ALTER EXTENSION ... UPDATE)
+        // declares nine arguments: the missing ones are NULL.
+        let nargs = (*fcinfo).nargs as usize;
+        let raw = |n: usize| {
+            (n < nargs && !pgrx::pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n))
+        };
         // The statements' parameters: the arguments as they came (an array
         // of plain values, nothing to free if raise_cq001 jumps away).
         let mut params: [Option<pg_sys::Datum>; ARG_TYPES.len()] = std::array::from_fn(raw);
@@ -136,8 +155,16 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
             raise_cq001(problem);
         }
 
-        if params[IDEMPOTENCY_KEY].is_some() || params[AFTER_XACT].is_some() {
-            let (job_id, inserted) = run(&KEYED_PLAN, KEYED, &params);
+        if params[IDEMPOTENCY_KEY].is_some()
+            || params[AFTER_XACT].is_some()
+            || params[DEPENDS_ON].is_some()
+            || params[ON_DUPLICATE].is_some()
+        {
+            let (job_id, inserted) = if nargs < ARG_TYPES.len() {
+                run(&KEYED_0_1_PLAN, KEYED_0_1, &params)
+            } else {
+                keyed_keeping_sqlstate(&params)
+            };
             return result(fcinfo, job_id, inserted);
         }
         params[RUN_AT] = Some(run_at);
@@ -155,6 +182,39 @@ pub unsafe extern "C-unwind" fn commitq_enqueue(fcinfo: pg_sys::FunctionCallInfo
         }
         result(fcinfo, job_id, true)
     }
+}
+
+/// KEYED, with the SQLSTATEs of _enqueue_keyed's own errors kept: pgrx
+/// turns an error raised under SPI into a Rust panic and raises it again
+/// with its text, but a SQLSTATE it does not know (commitq's CQnnn) as
+/// XX000. Those errors all begin "commitq: ": an unknown dependency is
+/// CQ101, any other is CQ001 (bad depends_on or on_duplicate).
+unsafe fn keyed_keeping_sqlstate(params: &[Option<pg_sys::Datum>]) -> (i64, bool) {
+    use pgrx::pg_sys::panic::CaughtError;
+    use pgrx::PgTryBuilder;
+    PgTryBuilder::new(|| unsafe { run(&KEYED_PLAN, KEYED, params) })
+        .catch_others(|e| {
+            let report = match &e {
+                CaughtError::PostgresError(r) => r,
+                _ => e.rethrow(),
+            };
+            let message = report.message();
+            if report.sql_error_code() != pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
+                || !message.starts_with("commitq: ")
+            {
+                e.rethrow()
+            }
+            let code =
+                if message.starts_with("commitq: dependency ") && message.ends_with(" not found") {
+                    crate::errors::CQ101
+                } else {
+                    crate::errors::CQ001
+                };
+            let (message, hint) = (message.to_string(), report.hint().map(str::to_string));
+            drop(e);
+            unsafe { crate::errors::raise_with(code, message, hint) }
+        })
+        .execute()
 }
 
 /// "object" for a JSON object (read from the container header, no parsing),

@@ -64,9 +64,19 @@ extension_sql_file!(
     requires = ["wakeup"]
 );
 extension_sql_file!(
+    "../../sql/dependencies.sql",
+    name = "dependencies",
+    requires = ["enqueue", "retry"]
+);
+extension_sql_file!(
+    "../../sql/replace.sql",
+    name = "replace",
+    requires = ["dependencies"]
+);
+extension_sql_file!(
     "../../sql/claim.sql",
     name = "claim",
-    requires = ["enqueue", "wakeup"]
+    requires = ["enqueue", "wakeup", "dependencies"]
 );
 extension_sql_file!(
     "../../sql/claim_wait.sql",

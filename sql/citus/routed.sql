@@ -47,6 +47,9 @@ $$;
 -- refuses in an INSERT. Concurrency keys are refused: their rows are
 -- global (a reference table) and a claim delegated to a worker may not write
 -- a reference table in the same statement as its shard (docs/citus.md).
+-- Dependencies and on_duplicate are refused the same way: the signature
+-- is the extension's (eleven arguments), so that this replaces it instead
+-- of adding an overload.
 CREATE OR REPLACE FUNCTION commitq.enqueue(
     queue text,
     kind text,
@@ -57,6 +60,8 @@ CREATE OR REPLACE FUNCTION commitq.enqueue(
     idempotency_key text DEFAULT NULL,
     concurrency_key text DEFAULT NULL,
     after_xact xid8 DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL,
+    on_duplicate text DEFAULT NULL,
     OUT job_id bigint,
     OUT inserted boolean)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -64,6 +69,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
+    IF enqueue.depends_on IS NOT NULL OR enqueue.on_duplicate IS NOT NULL THEN
+        RAISE EXCEPTION 'commitq: depends_on and on_duplicate are not supported on a distributed commitq yet'
+            USING ERRCODE = '0A000', HINT = 'see docs/citus.md';
+    END IF;
     PERFORM commitq._check(commitq._job_problem(
         enqueue.queue, enqueue.kind, jsonb_typeof(enqueue.args), pg_column_size(enqueue.args),
         enqueue.priority, enqueue.max_attempts, isfinite(coalesce(enqueue.run_at, now())),

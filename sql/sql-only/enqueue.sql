@@ -2,8 +2,8 @@
 -- (extension/src/enqueue.rs), for the install without a library (`make
 -- sql-only`). It replaces the LANGUAGE c declaration in sql/enqueue.sql and
 -- does what the C function does, step by step: check every job (so that bad
--- input is always CQ001 raised here), hand jobs with an idempotency key or
--- after_xact to commitq._enqueue_keyed, and insert the others with one
+-- input is always CQ001 raised here), hand jobs with an idempotency key,
+-- after_xact, depends_on or on_duplicate to commitq._enqueue_keyed, and insert the others with one
 -- statement that also says whether a worker waits for the queue.
 --
 -- The C function needs no SET search_path (its statements qualify every
@@ -19,6 +19,8 @@ CREATE FUNCTION commitq.enqueue(
     idempotency_key text DEFAULT NULL,
     concurrency_key text DEFAULT NULL,
     after_xact xid8 DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL,
+    on_duplicate text DEFAULT NULL,
     OUT job_id bigint,
     OUT inserted boolean)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -35,11 +37,13 @@ BEGIN
         enqueue.priority, enqueue.max_attempts, isfinite(v_run_at),
         enqueue.idempotency_key, enqueue.concurrency_key));
 
-    IF enqueue.idempotency_key IS NOT NULL OR enqueue.after_xact IS NOT NULL THEN
+    IF enqueue.idempotency_key IS NOT NULL OR enqueue.after_xact IS NOT NULL
+       OR enqueue.depends_on IS NOT NULL OR enqueue.on_duplicate IS NOT NULL THEN
         SELECT k.job_id, k.inserted INTO enqueue.job_id, enqueue.inserted
           FROM commitq._enqueue_keyed(enqueue.queue, enqueue.kind, enqueue.args, enqueue.priority,
                                       enqueue.run_at, enqueue.max_attempts, enqueue.idempotency_key,
-                                      enqueue.concurrency_key, enqueue.after_xact) AS k;
+                                      enqueue.concurrency_key, enqueue.after_xact,
+                                      enqueue.depends_on, enqueue.on_duplicate) AS k;
         RETURN;
     END IF;
 

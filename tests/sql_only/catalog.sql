@@ -18,7 +18,7 @@ SELECT 'function ' || p.oid::regprocedure || ' returns ' || pg_get_function_resu
                    '_worker_lease_problem', '_batch_problem', '_lease_args_problem', '_max_args_bytes',
                    '_cron_problem', '_cron_due', '_cron_next',
                    '_engine_status', '_wake_at_commit', 'wait_supported', 'claim_wait')
-                   OR (p.proname = 'enqueue' AND p.pronargs = 9)
+                   OR (p.proname = 'enqueue' AND p.pronargs = 11)
                THEN '' ELSE ' ' || l.lanname || ' ' || coalesce(array_to_string(p.proconfig, ','), '') END
        || ' acl ' || pg_temp.acl(p.proacl, p.proowner)
   FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang

@@ -38,7 +38,7 @@ async fn every_security_definer_function_pins_its_search_path() {
         .collect();
     assert_eq!(
         c_functions,
-        ["commitq.enqueue(text,text,jsonb,integer,timestamp with time zone,integer,text,text,xid8)"],
+        ["commitq.enqueue(text,text,jsonb,integer,timestamp with time zone,integer,text,text,xid8,bigint[],text)"],
         "C code reviewed for names resolved on the path"
     );
 }

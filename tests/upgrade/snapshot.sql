@@ -2,7 +2,9 @@
 -- EXTENSION ... UPDATE, the two outputs must be identical (an upgrade must not
 -- lose or change a job, a key, a lease or an effect).
 \set ON_ERROR_STOP 1
-SELECT 'jobs', to_jsonb(j) FROM commitq.jobs j ORDER BY j.id;
+-- Columns added since 0.1.0 are left out (the update adds them with their
+-- defaults: no dependencies).
+SELECT 'jobs', to_jsonb(j) - 'depends_on' - 'deps_pending' - 'has_dependents' FROM commitq.jobs j ORDER BY j.id;
 SELECT 'finished_jobs', to_jsonb(f) FROM commitq.finished_jobs f ORDER BY f.id;
 SELECT 'idempotency_keys', to_jsonb(k) FROM commitq.idempotency_keys k ORDER BY k.queue, k.key;
 SELECT 'concurrency_keys', to_jsonb(k) FROM commitq.concurrency_keys k ORDER BY k.key;

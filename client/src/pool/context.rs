@@ -48,6 +48,11 @@ pub struct JobContext {
     pub attempt: i32,
     pub queue: String,
     pub kind: String,
+    /// The results of the jobs this one was enqueued to wait for
+    /// ([`EnqueueOptions::depends_on`](crate::EnqueueOptions::depends_on)),
+    /// as `{"<job id>": result}`; `null` for one completed without a result.
+    /// `None` for a job without dependencies.
+    pub dependency_results: Option<Value>,
     pub(super) client: Client,
     pub(super) cancel: CancellationToken,
     pub(super) completed: Arc<AtomicBool>,
@@ -60,6 +65,19 @@ impl JobContext {
     /// and the transaction must roll back.
     pub async fn complete_in<C: GenericClient>(&self, tx: &C) -> Result<(), Error> {
         driver::complete(tx, self.job_id, self.lease_token).await?;
+        self.completed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// [`complete_in`](Self::complete_in) with a result (any JSON value up
+    /// to `commitq.max_args_bytes`) that the jobs depending on this one read
+    /// in their [`dependency_results`](Self::dependency_results).
+    pub async fn complete_in_with_result<C: GenericClient>(
+        &self,
+        tx: &C,
+        result: &Value,
+    ) -> Result<(), Error> {
+        driver::complete_with_result(tx, self.job_id, self.lease_token, result).await?;
         self.completed.store(true, Ordering::SeqCst);
         Ok(())
     }

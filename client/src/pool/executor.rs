@@ -81,6 +81,7 @@ pub(super) async fn run_job(
             attempt: job.attempt,
             queue: job.queue.clone(),
             kind: job.kind.clone(),
+            dependency_results: job.dependency_results.clone(),
             client: cfg.client.clone(),
             cancel: cancel.clone(),
             completed: Arc::new(AtomicBool::new(false)),

@@ -76,6 +76,7 @@ struct Claimed {
     lease_token: i64,
     /// Has a concurrency key: its completion passes the key's slot on.
     keyed: bool,
+    dependency_results: Option<Value>,
     claimed_at: Instant,
 }
 
@@ -89,6 +90,7 @@ impl Claimed {
             attempt: row.attempt,
             lease_token: row.lease_token,
             keyed: row.keyed,
+            dependency_results: row.dependency_results,
             claimed_at,
         }
     }
