@@ -6,7 +6,8 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 
 const LEASE_LOST = new Set(['CQ102', 'CQ103']); // stale or expired lease: the job is no longer ours
-const OPTIONS = ['priority', 'run_at', 'max_attempts', 'idempotency_key', 'concurrency_key'];
+const OPTIONS = ['priority', 'run_at', 'max_attempts', 'idempotency_key', 'concurrency_key',
+  'depends_on', 'on_duplicate'];
 
 // Enqueue a job in db's open transaction: workers see it when that
 // transaction commits, and it never exists if it rolls back.

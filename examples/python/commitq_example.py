@@ -12,7 +12,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 LEASE_LOST = ("CQ102", "CQ103")  # stale or expired lease: the job is no longer ours
-OPTIONS = ("priority", "run_at", "max_attempts", "idempotency_key", "concurrency_key")
+OPTIONS = ("priority", "run_at", "max_attempts", "idempotency_key", "concurrency_key",
+           "depends_on", "on_duplicate")
 Job = namedtuple("Job", "id kind args attempt")
 
 

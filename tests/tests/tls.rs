@@ -56,12 +56,15 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// dev/cluster.sh on this file's cluster.
+/// dev/cluster.sh on this file's cluster. Without the preload line: there
+/// the worker pool cannot wait in claim_wait and opens the LISTEN
+/// connection whose TLS these tests check.
 fn cluster_sh(args: &[&str], port: u16) {
     let out = Command::new(repo_root().join("dev/cluster.sh"))
         .args(args)
         .env("COMMITQ_PGDIR", PGDIR)
         .env("COMMITQ_PGPORT", port.to_string())
+        .env("COMMITQ_PRELOAD", "0")
         .output()
         .expect("run dev/cluster.sh");
     assert!(

@@ -1,12 +1,13 @@
 //! Wake-up: a worker that found its queue empty is sent a NOTIFY when a job
-//! is committed, and the worker pool's LISTEN connection comes back after it
-//! is killed.
+//! is committed, and the worker pool's LISTEN connection (on a server
+//! without the preload line) comes back after it is killed.
 
 use std::time::Duration;
 
 use commitq::{Outcome, WorkerPool};
+use commitq_tests::side_cluster::SideCluster;
 use commitq_tests::{
-    record, scalar, setup, start_pool, wait_until, waiting_on, Record, TestDb, EFFECTS,
+    connect, record, scalar, start_pool, wait_until, waiting_on, Record, TestDb, EFFECTS,
     INSERT_EFFECT,
 };
 
@@ -76,9 +77,15 @@ async fn waiting_workers_are_notified_at_commit_and_only_then() {
     );
 }
 
+/// On a server without the preload line: with it, the pool waits in
+/// claim_wait and opens no LISTEN connection at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_reconnects_after_its_connection_is_killed() {
-    let (db, client) = setup("t_wakeup_listener", EFFECTS).await;
+    let cluster = SideCluster::start("pg-wakeup-listener");
+    let url = cluster.database("t_wakeup_listener");
+    let admin = connect(&url).await;
+    admin.batch_execute(EFFECTS).await.unwrap();
+    let client = commitq::Client::connect(&url).await.unwrap();
     // Polling so rare that only a NOTIFY can wake the pool in time.
     let pool = WorkerPool::builder(client.clone())
         .queue("effects", 2)
@@ -91,7 +98,6 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         })
         .build();
     let running = start_pool(pool);
-    let admin = db.connect().await;
     let wait_for_listener = async |what: &str| {
         let listening = "SELECT count(*) FROM pg_stat_activity
                           WHERE datname = current_database() AND query LIKE 'LISTEN%'";
