@@ -623,3 +623,39 @@ async fn a_worker_pool_with_a_url_opens_no_listen_connection_when_it_can_wait() 
     );
     running.stop().await;
 }
+
+/// A pool stopped while it waits cancels the wait; that cancel request
+/// travels apart from the connection and may land after the CALL ended. The
+/// connection must not go back to the client's pool, where the cancel would
+/// hit the application's next statement. Stopped at many moments of short
+/// waits, on a client of two connections that the application then uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_waiting_pool_cancels_nothing_of_the_applications() {
+    use commitq::{Outcome, WorkerPool};
+    use commitq_tests::{start_pool, Record};
+    let db = TestDb::new("t_wait_stop_cancel").await;
+    let client = commitq::Client::connect_with(&db.url, 2).await.unwrap();
+    for round in 0..100u64 {
+        let pool = WorkerPool::builder(client.clone())
+            .queue("idle", 1)
+            .poll_interval(Duration::from_millis(20))
+            .maintain_interval(None)
+            .handle(|_ctx, _job: Record| async move { Ok(Outcome::Complete) })
+            .build();
+        let running = start_pool(pool);
+        tokio::time::sleep(Duration::from_millis(30 + round % 7 * 3)).await;
+        running.stop().await;
+        // Both connections at once, so the one the wait used is among them.
+        let (a, b) = (
+            client.pool().get().await.unwrap(),
+            client.pool().get().await.unwrap(),
+        );
+        let sleep = "SELECT pg_sleep(0.05)";
+        let (ra, rb) = tokio::join!(a.execute(sleep, &[]), b.execute(sleep, &[]));
+        for r in [ra, rb] {
+            if let Err(e) = r {
+                panic!("round {round}: the application's statement failed: {e:?}");
+            }
+        }
+    }
+}

@@ -96,36 +96,48 @@ impl Waiter {
         if shared.stopping.is_cancelled() {
             return Ok(Waited::Nothing);
         }
-        let call = driver::claim_wait(
-            &**conn,
-            queue,
-            &cfg.worker_id,
-            n,
-            cfg.lease,
-            // The procedure's limit.
-            cfg.poll_interval.min(Duration::from_secs(86_400)),
-        );
-        tokio::pin!(call);
-        let rows = tokio::select! {
-            biased;
-            r = &mut call => r,
-            _ = shared.stopping.cancelled() => loop {
-                // Cancel the wait, then take its answer: jobs it claimed
-                // just before are run, not left to their lease. Again until
-                // it ends: a cancel that reaches the server before the CALL
-                // does cancels nothing.
-                let cancel = conn.cancel_token();
-                // The pool's TLS settings when its URL is known, else none
-                // (a server that insists on TLS then lets the wait run out).
-                match cfg.client.url().and_then(|u| tls::configure(u).ok()) {
-                    Some((_, tls)) => drop(cancel.cancel_query(tls).await),
-                    None => drop(cancel.cancel_query(tokio_postgres::NoTls).await),
-                }
-                if let Ok(r) = tokio::time::timeout(CANCEL_AGAIN, &mut call).await {
-                    break r;
+        let mut cancel_sent = false;
+        let rows = {
+            let call = driver::claim_wait(
+                &**conn,
+                queue,
+                &cfg.worker_id,
+                n,
+                cfg.lease,
+                // The procedure's limit.
+                cfg.poll_interval.min(Duration::from_secs(86_400)),
+            );
+            tokio::pin!(call);
+            tokio::select! {
+                biased;
+                r = &mut call => r,
+                _ = shared.stopping.cancelled() => loop {
+                    // Cancel the wait, then take its answer: jobs it claimed
+                    // just before are run, not left to their lease. Again
+                    // until it ends: a cancel that reaches the server before
+                    // the CALL does cancels nothing.
+                    cancel_sent = true;
+                    let cancel = conn.cancel_token();
+                    // The pool's TLS settings when its URL is known, else
+                    // none (a server that insists on TLS then lets the wait
+                    // run out).
+                    match cfg.client.url().and_then(|u| tls::configure(u).ok()) {
+                        Some((_, tls)) => drop(cancel.cancel_query(tls).await),
+                        None => drop(cancel.cancel_query(tokio_postgres::NoTls).await),
+                    }
+                    if let Ok(r) = tokio::time::timeout(CANCEL_AGAIN, &mut call).await {
+                        break r;
+                    }
                 }
             }
         };
+        if cancel_sent {
+            // A cancel request travels apart from the connection and may
+            // land after the CALL has ended, on whatever statement the
+            // connection runs next (an application's enqueue, once the
+            // connection is back in the client's pool): close it instead.
+            drop(deadpool_postgres::Object::take(conn));
+        }
         match rows {
             Ok(rows) => Ok(claimed(rows).map_or(Waited::Nothing, Waited::Claimed)),
             Err(_) if shared.stopping.is_cancelled() => Ok(Waited::Nothing),
