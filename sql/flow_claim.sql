@@ -14,6 +14,15 @@
 -- and its next claim starts after it, wrapping round, so with more keys than
 -- a claim takes every key is visited in turn. The setting only orders the
 -- session's own claims.
+--
+-- The keys are found by a walk of jobs_fair_idx, one descent per key, and
+-- each descent lands on its key's first job in claim order (the index is in
+-- that order within a key), so when there are at least as many keys as the
+-- claim wants (one job per key) the walk itself is the pick. Only with
+-- fewer keys is each key's share looked up on its own. The walk is written
+-- here rather than in an SQL function so that its plan is cached with this
+-- function's; it starts strictly after the cursor's key as an index bound,
+-- never by filtering out that key's (possibly long) run of entries.
 CREATE FUNCTION commitq._fair_pick(p_queue text, p_prefix text, p_want integer) RETURNS bigint[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -21,29 +30,70 @@ AS $$
 DECLARE
     v_cursor text := pg_catalog.current_setting('commitq.fair_cursor', true);
     v_after text;
-    v_keys text[];
-    v_wrap text[];
+    v_n integer;
+    -- The keys visited, in visiting order, and each one's first job.
+    v_keys text[] := '{}';
+    v_firsts bigint[] := '{}';
+    v_share integer;
     v_ids bigint[];
 BEGIN
     IF starts_with(v_cursor, p_queue || ' ') THEN
         v_after := substr(v_cursor, length(p_queue) + 2);
     END IF;
-    -- Up to p_want keys after the cursor, one index descent each...
-    v_keys := commitq._fair_keys(p_queue, p_prefix, coalesce(v_after, p_prefix), v_after IS NOT NULL, p_want);
-    -- ...and from the first key of the prefix when that was not enough.
-    IF v_after IS NOT NULL AND coalesce(cardinality(v_keys), 0) < p_want THEN
-        v_wrap := commitq._fair_keys(p_queue, p_prefix, p_prefix, false,
-                                     p_want - coalesce(cardinality(v_keys), 0));
-        v_keys := coalesce(v_keys, '{}') || coalesce(
-            (SELECT array_agg(k ORDER BY o) FROM unnest(v_wrap) WITH ORDINALITY AS w(k, o)
-              WHERE k <> ALL (coalesce(v_keys, '{}'))), '{}');
-    END IF;
-    IF v_keys IS NULL OR v_keys = '{}' THEN
+    -- Up to p_want keys after the cursor, then from the first key of the
+    -- prefix when that was not enough (the second pass, v_after NULL).
+    FOR pass IN 1..2 LOOP
+        v_n := p_want - cardinality(v_keys);
+        EXIT WHEN v_n <= 0 OR (pass = 2 AND v_after IS NULL);
+        IF pass = 2 THEN
+            v_after := NULL;
+        END IF;
+        SELECT v_keys || coalesce(array_agg(w.key ORDER BY w.n), '{}'),
+               v_firsts || coalesce(array_agg(w.id ORDER BY w.n), '{}')
+          INTO v_keys, v_firsts
+          FROM (
+            WITH RECURSIVE k(key, id, n) AS (
+                -- From the first key of the prefix...
+                (SELECT j.concurrency_key COLLATE "C", j.id, 1 FROM commitq.jobs j
+                  WHERE v_after IS NULL
+                    AND j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
+                    AND j.concurrency_key COLLATE "C" >= p_prefix COLLATE "C"
+                  ORDER BY j.concurrency_key COLLATE "C", j.priority, j.run_at, j.id
+                  LIMIT 1)
+                UNION ALL
+                -- ...or from the cursor's key, itself not visited.
+                SELECT v_after COLLATE "C", NULL::bigint, 0 WHERE v_after IS NOT NULL
+                UNION ALL
+                SELECT x.key, x.id, k.n + 1
+                  FROM k CROSS JOIN LATERAL (
+                        SELECT j.concurrency_key COLLATE "C" AS key, j.id FROM commitq.jobs j
+                         WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
+                           AND j.concurrency_key COLLATE "C" > k.key
+                         ORDER BY j.concurrency_key COLLATE "C", j.priority, j.run_at, j.id
+                         LIMIT 1) x
+                 WHERE k.n < v_n AND (k.n = 0 OR pg_catalog.starts_with(k.key, p_prefix))
+            )
+            SELECT k.key, k.id, k.n FROM k
+             WHERE k.n > 0 AND pg_catalog.starts_with(k.key, p_prefix)
+               AND k.key <> ALL (v_keys)) w;
+    END LOOP;
+    IF v_keys = '{}' THEN
         RETURN '{}';
     END IF;
     PERFORM pg_catalog.set_config('commitq.fair_cursor',
         CASE WHEN cardinality(v_keys) >= p_want THEN p_queue || ' ' || v_keys[cardinality(v_keys)] ELSE '' END,
         false);
+
+    v_share := (p_want + cardinality(v_keys) - 1) / cardinality(v_keys);
+    IF v_share = 1 THEN
+        -- One round: the keys' first jobs, in claim order, passing over
+        -- jobs others hold.
+        SELECT array_agg(l.id ORDER BY l.priority, l.run_at, l.id) INTO v_ids
+          FROM (SELECT j.id, j.priority, j.run_at FROM commitq.jobs j
+                 WHERE j.id = ANY (v_firsts) AND j.state = 'available'
+                   FOR UPDATE SKIP LOCKED) l;
+        RETURN coalesce(v_ids, '{}');
+    END IF;
 
     -- Each key's first jobs, as many as a fair share of the claim, then
     -- round by round; locked in that order, passing over jobs others hold.
@@ -57,7 +107,7 @@ BEGIN
                  WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
                    AND j.concurrency_key COLLATE "C" = k.key
                  ORDER BY j.priority, j.run_at, j.id
-                 LIMIT (p_want + cardinality(v_keys) - 1) / cardinality(v_keys)) x
+                 LIMIT v_share) x
     ), chosen AS (
         SELECT per_key.id, row_number() OVER (ORDER BY per_key.rnd, per_key.priority, per_key.run_at, per_key.id) AS ord
           FROM per_key
@@ -70,34 +120,6 @@ BEGIN
       FROM chosen WHERE chosen.id IN (SELECT locked.id FROM locked) AND chosen.ord <= p_want;
     RETURN coalesce(v_ids, '{}');
 END
-$$;
-
--- Up to p_n distinct keys with the prefix among the queue's available jobs,
--- in key order from p_from (excluded when p_strict): a recursive walk of
--- jobs_fair_idx, one descent per key.
-CREATE FUNCTION commitq._fair_keys(p_queue text, p_prefix text, p_from text, p_strict boolean, p_n integer)
-RETURNS text[]
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    WITH RECURSIVE k(key, n) AS (
-        (SELECT j.concurrency_key COLLATE "C", 1 FROM commitq.jobs j
-          WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
-            AND j.concurrency_key COLLATE "C" >= p_from COLLATE "C"
-            AND (NOT p_strict OR j.concurrency_key COLLATE "C" > p_from COLLATE "C")
-          ORDER BY j.concurrency_key COLLATE "C"
-          LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.concurrency_key COLLATE "C" FROM commitq.jobs j
-                 WHERE j.queue = p_queue AND j.state = 'available' AND j.concurrency_key IS NOT NULL
-                   AND j.concurrency_key COLLATE "C" > k.key
-                 ORDER BY j.concurrency_key COLLATE "C"
-                 LIMIT 1), k.n + 1
-          FROM k
-         WHERE k.key IS NOT NULL AND pg_catalog.starts_with(k.key, p_prefix) AND k.n < p_n
-    )
-    SELECT array_agg(k.key ORDER BY k.n) FROM k
-     WHERE k.key IS NOT NULL AND pg_catalog.starts_with(k.key, p_prefix)
 $$;
 
 -- commitq.claim under flow control: the same arguments, checked by claim.
