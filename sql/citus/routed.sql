@@ -6,6 +6,10 @@
 -- before sql/citus/distribute.sql: a call delegated to a worker runs the
 -- worker's copy of these functions, and Citus does not propagate a CREATE OR
 -- REPLACE of an extension's function. dev/citus.sh createdb does both.
+--
+-- One file although it passes 600 lines: it is applied as a unit, and its
+-- functions are the single-node ones with the queue named in every
+-- statement, easiest to review side by side in this order.
 \set ON_ERROR_STOP on
 SET citus.enable_ddl_propagation = off;
 
