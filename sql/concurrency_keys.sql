@@ -453,14 +453,16 @@ BEGIN
         promoted := promoted + (commitq._promote_blocked(ARRAY[r.key], ARRAY[r.free])).promoted;
     END LOOP;
 
+    -- ARRAY(...) runs the pick once: as an IN (...) semi-join the planner
+    -- may run it again per row, and LIMIT then bounds each run, not the step.
     WITH gone AS (
         DELETE FROM commitq.concurrency_keys c
-         WHERE c.key IN (SELECT o.key FROM commitq.concurrency_keys o
-                          WHERE o.running = 0 AND o.blocked = 0
-                            AND NOT EXISTS (SELECT 1 FROM commitq.jobs b
-                                             WHERE b.concurrency_key = o.key AND b.state = 'blocked')
-                          LIMIT p_batch
-                            FOR UPDATE SKIP LOCKED)
+         WHERE c.key = ANY (ARRAY(SELECT o.key FROM commitq.concurrency_keys o
+                                   WHERE o.running = 0 AND o.blocked = 0
+                                     AND NOT EXISTS (SELECT 1 FROM commitq.jobs b
+                                                      WHERE b.concurrency_key = o.key AND b.state = 'blocked')
+                                   LIMIT p_batch
+                                     FOR UPDATE SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO pruned FROM gone;

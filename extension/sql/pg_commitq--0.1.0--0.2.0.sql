@@ -5115,3 +5115,44 @@ BEGIN
     RETURN coalesce(v_ids, '{}');
 END
 $$;
+
+-- ===== 0.2.0: maintain prunes at most maintain_batch idle concurrency keys (sql/concurrency_keys.sql) =====
+
+CREATE OR REPLACE FUNCTION commitq._maintain_keys(p_batch integer, OUT promoted bigint, OUT pruned bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    promoted := 0;
+    FOR r IN
+        SELECT c.key, c.max_running - c.running AS free
+          FROM commitq.concurrency_keys c
+         WHERE c.running < c.max_running AND c.blocked > 0
+           -- Blocked while another job of the key is available to claim is
+           -- normal: that job will take the slot.
+           AND NOT EXISTS (SELECT 1 FROM commitq.jobs a
+                            WHERE a.concurrency_key = c.key AND a.state = 'available')
+         ORDER BY c.key
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        promoted := promoted + (commitq._promote_blocked(ARRAY[r.key], ARRAY[r.free])).promoted;
+    END LOOP;
+
+    -- ARRAY(...) runs the pick once: as an IN (...) semi-join the planner
+    -- may run it again per row, and LIMIT then bounds each run, not the step.
+    WITH gone AS (
+        DELETE FROM commitq.concurrency_keys c
+         WHERE c.key = ANY (ARRAY(SELECT o.key FROM commitq.concurrency_keys o
+                                   WHERE o.running = 0 AND o.blocked = 0
+                                     AND NOT EXISTS (SELECT 1 FROM commitq.jobs b
+                                                      WHERE b.concurrency_key = o.key AND b.state = 'blocked')
+                                   LIMIT p_batch
+                                     FOR UPDATE SKIP LOCKED))
+        RETURNING 1
+    )
+    SELECT count(*) INTO pruned FROM gone;
+END
+$$;
