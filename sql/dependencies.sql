@@ -281,11 +281,11 @@ DECLARE
 BEGIN
     WITH gone AS (
         DELETE FROM commitq.job_results r
-         WHERE r.job_id IN (SELECT o.job_id FROM commitq.job_results o, commitq.config c
-                             WHERE o.completed_at < now() - greatest(c.idempotency_window, c.finished_retention)
-                             ORDER BY o.completed_at
-                             LIMIT p_batch
-                               FOR UPDATE OF o SKIP LOCKED)
+         WHERE r.job_id = ANY (ARRAY(SELECT o.job_id FROM commitq.job_results o, commitq.config c
+                                      WHERE o.completed_at < now() - greatest(c.idempotency_window, c.finished_retention)
+                                      ORDER BY o.completed_at
+                                      LIMIT p_batch
+                                        FOR UPDATE OF o SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO v_n FROM gone;

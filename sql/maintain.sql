@@ -90,14 +90,16 @@ BEGIN
         discarded := discarded + 1;
     END LOOP;
 
+    -- Each step's pick is an ARRAY(...): it runs once, so its LIMIT bounds
+    -- the step; an IN (...) semi-join may run it again per row.
     WITH due AS (
         UPDATE commitq.jobs u SET state = 'available'
-         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
-                         WHERE s.state = 'scheduled' AND s.run_at <= now()
-                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
-                         ORDER BY s.run_at
-                         LIMIT c.maintain_batch
-                           FOR UPDATE SKIP LOCKED)
+         WHERE u.id = ANY (ARRAY(SELECT s.id FROM commitq.jobs s
+                                  WHERE s.state = 'scheduled' AND s.run_at <= now()
+                                    AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                                  ORDER BY s.run_at
+                                  LIMIT c.maintain_batch
+                                    FOR UPDATE SKIP LOCKED))
         RETURNING u.queue
     ), woken AS (
         SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
@@ -106,11 +108,11 @@ BEGIN
 
     WITH gone AS (
         DELETE FROM commitq.finished_jobs f
-         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
-                         WHERE o.finished_at < now() - c.finished_retention
-                         ORDER BY o.finished_at
-                         LIMIT c.maintain_batch
-                           FOR UPDATE SKIP LOCKED)
+         WHERE f.id = ANY (ARRAY(SELECT o.id FROM commitq.finished_jobs o
+                                  WHERE o.finished_at < now() - c.finished_retention
+                                  ORDER BY o.finished_at
+                                  LIMIT c.maintain_batch
+                                    FOR UPDATE SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO pruned_jobs FROM gone;

@@ -4043,11 +4043,11 @@ DECLARE
 BEGIN
     WITH gone AS (
         DELETE FROM commitq.job_results r
-         WHERE r.job_id IN (SELECT o.job_id FROM commitq.job_results o, commitq.config c
-                             WHERE o.completed_at < now() - greatest(c.idempotency_window, c.finished_retention)
-                             ORDER BY o.completed_at
-                             LIMIT p_batch
-                               FOR UPDATE OF o SKIP LOCKED)
+         WHERE r.job_id = ANY (ARRAY(SELECT o.job_id FROM commitq.job_results o, commitq.config c
+                                      WHERE o.completed_at < now() - greatest(c.idempotency_window, c.finished_retention)
+                                      ORDER BY o.completed_at
+                                      LIMIT p_batch
+                                        FOR UPDATE OF o SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO v_n FROM gone;
@@ -4764,14 +4764,16 @@ BEGIN
         discarded := discarded + 1;
     END LOOP;
 
+    -- Each step's pick is an ARRAY(...): it runs once, so its LIMIT bounds
+    -- the step; an IN (...) semi-join may run it again per row.
     WITH due AS (
         UPDATE commitq.jobs u SET state = 'available'
-         WHERE u.id IN (SELECT s.id FROM commitq.jobs s
-                         WHERE s.state = 'scheduled' AND s.run_at <= now()
-                           AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
-                         ORDER BY s.run_at
-                         LIMIT c.maintain_batch
-                           FOR UPDATE SKIP LOCKED)
+         WHERE u.id = ANY (ARRAY(SELECT s.id FROM commitq.jobs s
+                                  WHERE s.state = 'scheduled' AND s.run_at <= now()
+                                    AND (s.after_xact IS NULL OR commitq._xact_committed(s.after_xact))
+                                  ORDER BY s.run_at
+                                  LIMIT c.maintain_batch
+                                    FOR UPDATE SKIP LOCKED))
         RETURNING u.queue
     ), woken AS (
         SELECT commitq._wake(q.queue) FROM (SELECT DISTINCT due.queue FROM due) q
@@ -4780,11 +4782,11 @@ BEGIN
 
     WITH gone AS (
         DELETE FROM commitq.finished_jobs f
-         WHERE f.id IN (SELECT o.id FROM commitq.finished_jobs o
-                         WHERE o.finished_at < now() - c.finished_retention
-                         ORDER BY o.finished_at
-                         LIMIT c.maintain_batch
-                           FOR UPDATE SKIP LOCKED)
+         WHERE f.id = ANY (ARRAY(SELECT o.id FROM commitq.finished_jobs o
+                                  WHERE o.finished_at < now() - c.finished_retention
+                                  ORDER BY o.finished_at
+                                  LIMIT c.maintain_batch
+                                    FOR UPDATE SKIP LOCKED))
         RETURNING 1
     )
     SELECT count(*) INTO pruned_jobs FROM gone;
